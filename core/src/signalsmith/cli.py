@@ -1,0 +1,162 @@
+"""The ``signalsmith`` command: the frame, the core commands, and commands plugins add.
+
+Plugins add commands through the ``register_commands(cli)`` hook; ``cli_runtime`` gives a
+command the same Runtime (settings, Redis, plugins) a collector has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import click
+import msgspec
+
+from signalsmith.config import Settings
+from signalsmith.embedded import RedisServerProcess
+from signalsmith.plugins import impls_in_call_order, plugin_infos
+from signalsmith.runtime import Runtime, plugin_manager_for, start_runtime, stop_runtime
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def redis_url_for_command(settings: Settings) -> Iterator[str]:
+    """The Redis a one-off command should use.
+
+    ``SIGNALSMITH_REDIS_URL`` when set; else the embedded server of a running ``signalsmith
+    serve`` (its socket in the data directory); else the embedded server started just for this
+    command, on the same data, so what the command writes is there when ``serve`` starts.
+    """
+    if settings.redis_url:
+        yield settings.redis_url
+        return
+    server = RedisServerProcess(settings.data_path / "redis", unix_socket=True)
+    if server._answers():
+        yield server.url
+        return
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def cli_runtime(settings: Settings, redis_url: str) -> AsyncIterator[Runtime]:
+    runtime = await start_runtime(
+        msgspec.structs.replace(settings, redis_url=redis_url),
+        "cli",
+        pm=plugin_manager_for(settings),
+    )
+    try:
+        yield runtime
+    finally:
+        await stop_runtime(runtime)
+
+
+def run_with_runtime(settings: Settings, action: Callable[[Runtime], Awaitable[T]]) -> T:
+    """Run ``action(runtime)`` to completion for a CLI command that needs Redis and plugins."""
+
+    async def main(redis_url: str) -> T:
+        async with cli_runtime(settings, redis_url) as runtime:
+            return await action(runtime)
+
+    with redis_url_for_command(settings) as redis_url:
+        return asyncio.run(main(redis_url))
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """A plain aligned table; what `keys list` and `plugins` print."""
+    widths = {c: max([len(c), *(len(str(row.get(c, ""))) for row in rows)]) for c in columns}
+    click.echo("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        click.echo("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns).rstrip())
+
+
+@click.group()
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """SignalSmith: a self-hosted, Segment-compatible customer-event pipeline."""
+    ctx.ensure_object(dict)
+    ctx.obj.setdefault("settings", Settings.from_env())
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    return ctx.find_root().obj["settings"]
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def plugins(ctx: click.Context, as_json: bool) -> None:
+    """List installed plugins with their versions and the hooks they implement."""
+    infos = plugin_infos(plugin_manager_for(settings_of(ctx)))
+    if as_json:
+        click.echo(msgspec.json.format(msgspec.json.encode(infos)).decode())
+        return
+    print_table(
+        [{"name": i.name, "version": i.version or "-", "hooks": ", ".join(i.hooks)} for i in infos],
+        ["name", "version", "hooks"],
+    )
+
+
+@cli.command()
+@click.option("--host", default=None, help="Address to listen on (SIGNALSMITH_HOST).")
+@click.option("--port", type=int, default=None, help="Port to listen on (SIGNALSMITH_PORT).")
+@click.option("--workers", type=int, default=None, help="HTTP worker processes.")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None, workers: int | None) -> None:
+    """Run the collector (and, on the embedded defaults, Redis and the worker with it)."""
+    from signalsmith.server import serve as run_server
+
+    settings = settings_of(ctx)
+    changes: dict[str, Any] = {}
+    if host is not None:
+        changes["host"] = host
+    if port is not None:
+        changes["port"] = port
+    if workers is not None:
+        changes["http_workers"] = workers
+    run_server(msgspec.structs.replace(settings, **changes))
+
+
+@cli.command()
+@click.option("--sink", "sink_names", multiple=True, help="Only run these sinks (repeatable).")
+@click.pass_context
+def worker(ctx: click.Context, sink_names: tuple[str, ...]) -> None:
+    """Run the worker: one consumer loop per sink, until interrupted."""
+    from signalsmith.worker import run_worker
+
+    settings = settings_of(ctx)
+    if not settings.redis_url:
+        raise click.ClickException(
+            "signalsmith worker needs SIGNALSMITH_REDIS_URL; on the embedded defaults "
+            "`signalsmith serve` already runs the worker"
+        )
+    run_worker(settings, only=sink_names or None)
+
+
+def build_cli(settings: Settings | None = None) -> click.Group:
+    """The CLI with every plugin's commands added (``register_commands``)."""
+    settings = settings or Settings.from_env()
+    pm = plugin_manager_for(settings)
+    for impl in impls_in_call_order(pm, "register_commands"):
+        impl.function(cli=cli)
+    return cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = Settings.from_env()
+    except msgspec.ValidationError as error:
+        click.echo(f"error: invalid SIGNALSMITH_* setting: {error}", err=True)
+        sys.exit(2)
+    build_cli(settings).main(args=argv, obj={"settings": settings}, prog_name="signalsmith")

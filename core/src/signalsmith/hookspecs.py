@@ -1,0 +1,192 @@
+"""Every hook a SignalSmith plugin can implement, in pipeline order.
+
+Plugins write ``from signalsmith import hookimpl`` and implement any of these by name. Any hook
+may return an awaitable; the core awaits it. `docs/plugin-hooks.md` documents each one, and a
+test fails when a hook here is missing from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from signalsmith.model import Event
+from signalsmith.records import (
+    Credentials,
+    Outcome,
+    Refusal,
+    Sink,
+    Source,
+    StageResult,
+    Transform,
+)
+
+if TYPE_CHECKING:
+    import click
+
+    from signalsmith.runtime import Runtime
+
+hookspec = pluggy.HookspecMarker("signalsmith")
+
+
+# --- capabilities -------------------------------------------------------------------------
+
+
+@hookspec
+def register_destinations(register: Callable[[Sink], None]) -> None:
+    """Called once at startup to register destination sinks (kind ``"destination"``).
+
+    Call ``register(Sink(name=...))`` for each destination this plugin delivers to; each gets its
+    own consumer group and dead-letter stream. A name registered twice is a startup error naming
+    both plugins.
+    """
+
+
+@hookspec
+def register_warehouses(register: Callable[[Sink], None]) -> None:
+    """Called once at startup to register warehouse sinks (kind ``"warehouse"``).
+
+    Same contract as ``register_destinations``; the worker calls ``write_events`` for them.
+    """
+
+
+@hookspec
+def register_transforms(register: Callable[[Transform], None]) -> None:
+    """Called once at startup to register named transforms a source can list in order.
+
+    Call ``register(Transform(name=..., apply=...))``; ``apply(source, events)`` follows the
+    ``transform_events`` return contract. Duplicate names are a startup error.
+    """
+
+
+@hookspec
+def register_routes(register: Callable[[Any], None]) -> None:
+    """Called when the HTTP app is built, to add Litestar route handlers or routers.
+
+    Call ``register(handler)`` with anything ``litestar.Litestar(route_handlers=[...])`` takes.
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Called when the ``signalsmith`` CLI is built, to add commands to it.
+
+    Add commands with ``@cli.command()`` or ``cli.add_command(...)``. Return value is ignored.
+    """
+
+
+# --- lifecycle ----------------------------------------------------------------------------
+
+
+@hookspec
+def startup(runtime: Runtime) -> Awaitable[None] | None:
+    """Called once per process when a collector, worker or CLI command starts.
+
+    ``runtime.role`` says which (``"collector"``, ``"worker"``, ``"cli"``); ``runtime.redis`` is
+    the shared async Redis client. Open connections and warm caches here. A plugin that raises
+    stops the process from starting, with its error.
+    """
+
+
+@hookspec
+def shutdown(runtime: Runtime) -> Awaitable[None] | None:
+    """Called once per process on orderly shutdown; close what ``startup`` opened.
+
+    Every implementation is called even if one raises.
+    """
+
+
+# --- collector stages, in order -------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def authenticate(credentials: Credentials) -> Source | Awaitable[Source | None] | None:
+    """Called for every collector request to turn the offered write keys into a Source.
+
+    Return the ``Source`` the first known key belongs to, or None if this plugin knows none of
+    them (the next authenticator is asked; if none answers, the request gets 401). Raise to fail
+    the request with a 500.
+    """
+
+
+@hookspec(firstresult=True)
+def admit_events(
+    source: Source, count: int, path: str
+) -> Refusal | Awaitable[Refusal | None] | None:
+    """Called once per authenticated request, before the body's messages are checked.
+
+    ``count`` is the number of messages in the request. Return None to admit it, or a ``Refusal``
+    to answer 429 with its ``retry_after`` (nothing from the request is buffered). The first
+    refusal wins.
+    """
+
+
+@hookspec
+def validate_events(
+    source: Source, events: list[Event]
+) -> StageResult | Awaitable[StageResult | None] | None:
+    """Called once per request with the normalised events, to check them against contracts.
+
+    Return None to leave the batch unchanged, or a ``StageResult`` whose ``events`` continue
+    (flagged or with properties omitted), whose ``dropped`` were blocked, and whose ``outcomes``
+    record violations. Implementations run one after another, each on the previous one's output.
+    """
+
+
+@hookspec
+def transform_events(
+    source: Source, events: list[Event]
+) -> StageResult | Awaitable[StageResult | None] | None:
+    """Called once per request after validation, to rename, enrich, edit or filter events.
+
+    Same return contract as ``validate_events``; an event left out of ``events`` must appear in
+    ``dropped`` with its reason.
+    """
+
+
+@hookspec
+def apply_consent(
+    source: Source, events: list[Event]
+) -> StageResult | Awaitable[StageResult | None] | None:
+    """Called once per request after transforms, to stamp or drop events by consent category.
+
+    Same return contract as ``validate_events``.
+    """
+
+
+# --- worker stages --------------------------------------------------------------------------
+
+
+@hookspec
+def deliver_events(destination: Sink, events: list[Event]) -> Awaitable[None] | None:
+    """Called by the worker with a batch for one destination this plugin registered.
+
+    Only the plugin that registered ``destination`` is called. Return (or resolve) to have the
+    batch acknowledged; raise ``SinkError`` (optionally with ``retry_after``) to have it retried
+    with backoff, or ``PermanentSinkError`` to dead-letter it at once. Any other exception is
+    retried like ``SinkError``. Events may be redelivered after a crash: deliver idempotently
+    by ``message_id`` where the destination allows it.
+    """
+
+
+@hookspec
+def write_events(warehouse: Sink, events: list[Event]) -> Awaitable[None] | None:
+    """Called by the worker with a batch for one warehouse this plugin registered.
+
+    Same contract as ``deliver_events``.
+    """
+
+
+# --- observers ------------------------------------------------------------------------------
+
+
+@hookspec
+def observe_outcomes(outcomes: list[Outcome]) -> Awaitable[None] | None:
+    """Called after each stage with what happened to each event (accepted, rejected, dropped,
+    buffered, delivered, retried, dead-lettered, ...).
+
+    Observers run after the stage's work and cannot change it; one that raises is logged and the
+    others still run. Keep it cheap: it runs on the request path for collector stages.
+    """

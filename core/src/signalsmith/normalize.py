@@ -1,0 +1,359 @@
+"""From request bytes to normalised events: spec checks, ids, timestamps, envelope merging.
+
+A request is parsed once (``parse_request``) so its write key and message count are known
+before any message is checked; each message is then normalised on its own
+(``normalise_messages``), so one bad message is reported and dropped while its neighbours go on.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from signalsmith.model import EVENT_CLASSES, WIRE_FIELDS, Event
+from signalsmith.records import Rejection
+
+MAX_MESSAGE_ID_LENGTH = 100
+# Keys that exist only to carry a request and are never stored or forwarded.
+TRANSPORT_KEYS = frozenset({"writeKey"})
+# Keys the server owns: a client's value is ignored, never kept in `extra`.
+SERVER_KEYS = frozenset({"receivedAt", "projectId"})
+
+
+class RequestError(Exception):
+    """The request as a whole is unusable (not JSON, wrong shape, too many messages)."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+_ABSENT = msgspec.Raw(b"")
+
+
+class _Envelope(msgspec.Struct):
+    """The top level of any body; for a single message these are the message's own fields.
+
+    Nested values stay raw JSON slices: a single message never needs them decoded here, and a
+    batch's items are sized and decoded one by one.
+    """
+
+    batch: msgspec.Raw = _ABSENT
+    context: msgspec.Raw = _ABSENT
+    integrations: msgspec.Raw = _ABSENT
+    sentAt: Any = None
+    writeKey: Any = None
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+_batch_items_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_message_decoder = msgspec.json.Decoder()
+
+
+class ParsedRequest(msgspec.Struct, kw_only=True):
+    """A decoded body: its raw messages and what the batch envelope says about all of them."""
+
+    messages: list[bytes | msgspec.Raw]
+    is_batch: bool
+    write_key: str | None
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+    sent_at: datetime | None = None
+
+
+def parse_request(body: bytes, *, batch: bool | None, max_messages: int) -> ParsedRequest:
+    """Decode a body into its messages without checking them.
+
+    ``batch`` is True for batch endpoints (the body must hold ``batch: [...]``), False for
+    single-message endpoints, None where either shape is accepted (`/api/v1/events`).
+    """
+    try:
+        envelope = _envelope_decoder.decode(body)
+    except msgspec.ValidationError:
+        raise RequestError("invalid_json", "body must be a JSON object") from None
+    except msgspec.DecodeError as error:
+        raise RequestError("invalid_json", f"body is not valid JSON: {error}") from None
+    write_key = envelope.writeKey if isinstance(envelope.writeKey, str) else None
+    has_batch = len(envelope.batch) > 0 and bytes(envelope.batch) != b"null"
+    is_batch = has_batch if batch is None else batch
+    if not is_batch:
+        return ParsedRequest(messages=[body], is_batch=False, write_key=write_key)
+    try:
+        items = _batch_items_decoder.decode(envelope.batch) if has_batch else None
+    except msgspec.ValidationError:
+        items = None
+    if items is None:
+        raise RequestError(
+            "invalid_batch", 'a batch body must be {"batch": [message, ...]} with an array'
+        )
+    if len(items) > max_messages:
+        raise RequestError(
+            "too_many_messages",
+            f"a batch holds at most {max_messages} messages; this one has "
+            f"{len(items)}: split it into smaller batches",
+            status=413,
+        )
+    sent_at = None
+    try:
+        sent_at = parse_time(envelope.sentAt, "sentAt")
+    except _Invalid:
+        sent_at = None  # an unreadable envelope sentAt only disables skew correction
+    return ParsedRequest(
+        messages=items,
+        is_batch=True,
+        write_key=write_key,
+        context=_envelope_object(envelope.context),
+        integrations=_envelope_object(envelope.integrations),
+        sent_at=sent_at,
+    )
+
+
+def _envelope_object(raw: msgspec.Raw) -> dict[str, Any] | None:
+    """A batch-level object merged into every item; anything but an object is ignored."""
+    if not len(raw):
+        return None
+    value = _message_decoder.decode(raw)
+    return value if isinstance(value, dict) and value else None
+
+
+class _Invalid(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def parse_time(value: Any, field: str) -> datetime | None:
+    """An ISO-8601 timestamp (``Z``, offsets, microseconds) as an aware UTC datetime."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _Invalid("invalid_timestamp", f"{field} must be an ISO-8601 string, got {value!r}")
+    try:
+        parsed = msgspec.convert(value, datetime)
+    except msgspec.ValidationError:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise _Invalid(
+                "invalid_timestamp",
+                f"{field} is not an ISO-8601 timestamp: {value[:64]!r} "
+                "(expected e.g. 2026-11-26T03:17:52.952Z)",
+            ) from None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _identifier(message: dict[str, Any], key: str) -> str | None:
+    value = message.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # Some clients send numeric ids; Segment stores them as strings.
+        return str(value)
+    raise _Invalid("invalid_field", f"{key} must be a string, got {type(value).__name__}")
+
+
+def _object(message: dict[str, Any], key: str) -> dict[str, Any]:
+    value = message.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _Invalid("invalid_field", f"{key} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _text(message: dict[str, Any], key: str) -> str | None:
+    value = message.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise _Invalid("invalid_field", f"{key} must be a string, got {type(value).__name__}")
+
+
+def new_message_id() -> str:
+    return f"ss-{uuid.uuid4()}"
+
+
+UNKNOWN_LIBRARY = {"name": "unknown", "version": "unknown"}
+
+
+def normalise_message(
+    message: Any,
+    *,
+    path_type: str | None,
+    request: ParsedRequest,
+    received_at: datetime,
+    source_id: str,
+    client_ip: str | None = None,
+) -> Event:
+    """Check one decoded message against the spec and return it as a normalised Event.
+
+    Raises ``_Invalid`` with a code and a message naming the problem.
+    """
+    if not isinstance(message, dict):
+        raise _Invalid(
+            "not_an_object", f"a message must be a JSON object, got {type(message).__name__}"
+        )
+    event_type = path_type or message.get("type")
+    if event_type is None:
+        raise _Invalid(
+            "missing_type",
+            "type is required in a batch message (track, identify, page, screen, group, alias)",
+        )
+    cls = EVENT_CLASSES.get(event_type) if isinstance(event_type, str) else None
+    if cls is None:
+        raise _Invalid(
+            "invalid_type",
+            f"type {event_type!r} is not one of track, identify, page, screen, group, alias",
+        )
+
+    raw_message_id = _identifier(message, "messageId")
+    if raw_message_id is not None and len(raw_message_id) > MAX_MESSAGE_ID_LENGTH:
+        raise _Invalid(
+            "message_id_too_long",
+            f"messageId is {len(raw_message_id)} characters; at most {MAX_MESSAGE_ID_LENGTH}",
+        )
+    user_id = _identifier(message, "userId")
+    anonymous_id = _identifier(message, "anonymousId")
+
+    fields: dict[str, Any] = {}
+    if event_type == "alias":
+        previous_id = _identifier(message, "previousId")
+        if previous_id is None:
+            raise _Invalid("missing_previous_id", "alias requires previousId")
+        if user_id is None:
+            raise _Invalid("missing_user_id", "alias requires userId")
+        fields["previous_id"] = previous_id
+    elif user_id is None and anonymous_id is None:
+        raise _Invalid("missing_user_id", "userId or anonymousId is required")
+
+    if event_type == "track":
+        name = message.get("event")
+        if not isinstance(name, str) or not name.strip():
+            raise _Invalid("missing_event", "track requires event, a non-empty string")
+        fields["event"] = name
+        fields["properties"] = _object(message, "properties")
+    elif event_type == "group":
+        group_id = _identifier(message, "groupId")
+        if group_id is None:
+            raise _Invalid("missing_group_id", "group requires groupId")
+        fields["group_id"] = group_id
+        fields["traits"] = _object(message, "traits")
+    elif event_type == "identify":
+        fields["traits"] = _object(message, "traits")
+    elif event_type in ("page", "screen"):
+        fields["name"] = _text(message, "name")
+        fields["category"] = _text(message, "category")
+        fields["properties"] = _object(message, "properties")
+
+    context = _object(message, "context")
+    if request.context:
+        context = {**request.context, **context}
+    else:
+        context = dict(context)
+    if "library" not in context:
+        context["library"] = dict(UNKNOWN_LIBRARY)
+    if client_ip and "ip" not in context:
+        context["ip"] = client_ip
+    integrations = _object(message, "integrations")
+    if request.integrations:
+        integrations = {**request.integrations, **integrations}
+
+    original = parse_time(message.get("timestamp"), "timestamp")
+    if original is None:
+        original = parse_time(message.get("originalTimestamp"), "originalTimestamp")
+    sent_at = parse_time(message.get("sentAt"), "sentAt") or request.sent_at
+    if original is not None and sent_at is not None:
+        # Segment's clock-skew correction: the device clock's offset is sentAt - receivedAt.
+        timestamp = received_at - (sent_at - original)
+    else:
+        timestamp = original or received_at
+
+    known = WIRE_FIELDS[event_type]
+    extra = {
+        key: value
+        for key, value in message.items()
+        if key not in known and key not in TRANSPORT_KEYS and key not in SERVER_KEYS
+    }
+    return cls(
+        message_id=raw_message_id or new_message_id(),
+        received_at=received_at,
+        timestamp=timestamp,
+        original_timestamp=original,
+        sent_at=sent_at,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        context=context,
+        integrations=integrations,
+        project_id=source_id,
+        extra=extra,
+        **fields,
+    )
+
+
+class NormalisedBatch(msgspec.Struct, kw_only=True):
+    events: list[Event]
+    # Index in the request of each event, for reporting later-stage drops by position.
+    indexes: list[int]
+    rejected: list[Rejection]
+
+
+def normalise_messages(
+    request: ParsedRequest,
+    *,
+    path_type: str | None,
+    received_at: datetime,
+    source_id: str,
+    max_message_bytes: int,
+    client_ip: str | None = None,
+) -> NormalisedBatch:
+    """Normalise every message of a request; the bad ones become Rejections by index."""
+    events: list[Event] = []
+    indexes: list[int] = []
+    rejected: list[Rejection] = []
+    for index, raw in enumerate(request.messages):
+        message_id: str | None = None
+        try:
+            size = len(raw)
+            if size > max_message_bytes:
+                raise _Invalid(
+                    "message_too_large",
+                    f"message is {size} bytes; at most {max_message_bytes} bytes per message",
+                )
+            message = _message_decoder.decode(raw)
+            if isinstance(message, dict):
+                candidate = message.get("messageId")
+                message_id = candidate if isinstance(candidate, str) else None
+            event = normalise_message(
+                message,
+                path_type=path_type,
+                request=request,
+                received_at=received_at,
+                source_id=source_id,
+                client_ip=client_ip,
+            )
+        except _Invalid as problem:
+            rejected.append(
+                Rejection(
+                    index=index, message_id=message_id, code=problem.code, message=problem.message
+                )
+            )
+            continue
+        except msgspec.DecodeError as error:
+            rejected.append(
+                Rejection(index=index, message_id=None, code="invalid_json", message=str(error))
+            )
+            continue
+        events.append(event)
+        indexes.append(index)
+    return NormalisedBatch(events=events, indexes=indexes, rejected=rejected)

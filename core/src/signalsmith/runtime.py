@@ -1,0 +1,81 @@
+"""What one process shares with its plugins: settings, the plugin manager, the Redis client."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pluggy
+import redis.asyncio as aioredis
+
+from signalsmith.config import Settings
+from signalsmith.plugins import build_plugin_manager, impls_in_call_order, resolve
+
+log = logging.getLogger("signalsmith.runtime")
+
+Role = Literal["collector", "worker", "cli"]
+
+
+@dataclass
+class Runtime:
+    """Handed to ``startup``/``shutdown`` hooks; plugins keep per-process state in ``state``."""
+
+    settings: Settings
+    pm: pluggy.PluginManager
+    role: Role
+    redis: aioredis.Redis
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def key(self, *parts: str) -> str:
+        """A Redis key under this deployment's prefix: ``key("keys", h)`` -> ``prefix:keys:h``."""
+        return ":".join((self.settings.key_prefix, *parts))
+
+
+def connect_redis(url: str) -> aioredis.Redis:
+    """An async client with timeouts, so an unreachable Redis fails fast into a 503."""
+    return aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=30,
+    )
+
+
+def plugin_manager_for(settings: Settings) -> pluggy.PluginManager:
+    return build_plugin_manager(allow=settings.plugins_allow, block=settings.plugins_block)
+
+
+async def start_runtime(
+    settings: Settings,
+    role: Role,
+    *,
+    pm: pluggy.PluginManager | None = None,
+    redis: aioredis.Redis | None = None,
+) -> Runtime:
+    """Connect to Redis and run every plugin's ``startup`` hook, in plugin order."""
+    if settings.redis_url is None and redis is None:
+        raise RuntimeError(
+            "no Redis configured: set SIGNALSMITH_REDIS_URL, or run `signalsmith serve`, "
+            "which starts an embedded Redis"
+        )
+    runtime = Runtime(
+        settings=settings,
+        pm=pm if pm is not None else plugin_manager_for(settings),
+        role=role,
+        redis=redis if redis is not None else connect_redis(settings.redis_url or ""),
+    )
+    for impl in impls_in_call_order(runtime.pm, "startup"):
+        await resolve(impl.function(runtime=runtime))
+    return runtime
+
+
+async def stop_runtime(runtime: Runtime, *, close_redis: bool = True) -> None:
+    """Run every ``shutdown`` hook (each in its own try), then close Redis."""
+    for impl in impls_in_call_order(runtime.pm, "shutdown"):
+        try:
+            await resolve(impl.function(runtime=runtime))
+        except Exception:
+            log.exception("plugin %s failed in shutdown", impl.plugin_name)
+    if close_redis:
+        await runtime.redis.aclose()
