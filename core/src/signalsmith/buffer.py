@@ -95,6 +95,8 @@ class _PendingAppend:
 class EventBuffer:
     """Appends batches of events to the stream, deduplicated by messageId, coalescing requests."""
 
+    script_source = APPEND_SCRIPT
+
     def __init__(
         self,
         redis: aioredis.Redis,
@@ -113,7 +115,7 @@ class EventBuffer:
         self._dedupe_ttl = dedupe_ttl_seconds
         self._max_pending = max_pending_appends
         self._retry_after = retry_after_seconds
-        self._script = redis.register_script(APPEND_SCRIPT)
+        self._script = redis.register_script(self.script_source)
         self._pending: list[_PendingAppend] = []
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
@@ -130,16 +132,7 @@ class EventBuffer:
             raise BufferUnavailable(
                 "too many appends are waiting for Redis", retry_after=self._retry_after
             )
-        payload = event_list_encoder.encode(events)
-        args: list[object] = [
-            self._backlog_max,
-            self._dedupe_ttl,
-            self._seen_prefix,
-            source_id,
-            payload,
-            len(events),
-            *(event.message_id for event in events),
-        ]
+        args = self._script_args(source_id, events)
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         self._pending.append(_PendingAppend(args, future))
         self._ensure_flusher()
@@ -152,6 +145,17 @@ class EventBuffer:
                 retry_after=self._retry_after,
             )
         return [int(index) for index in result]  # type: ignore[union-attr]
+
+    def _script_args(self, source_id: str, events: Sequence[Event]) -> list[object]:
+        return [
+            self._backlog_max,
+            self._dedupe_ttl,
+            self._seen_prefix,
+            source_id,
+            event_list_encoder.encode(events),
+            len(events),
+            *(event.message_id for event in events),
+        ]
 
     def _ensure_flusher(self) -> None:
         if self._flusher is None or self._flusher.done():
@@ -172,7 +176,8 @@ class EventBuffer:
             else:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for item in batch:
-                        self._script(keys=[self.stream], args=item.args, client=pipe)
+                        # Queues EVALSHA on the pipeline (the script is loaded on first use).
+                        await self._script(keys=[self.stream], args=item.args, client=pipe)
                     results = await pipe.execute(raise_on_error=False)
         except Exception as error:  # every waiting request must be answered, whatever failed
             log.warning("redis append failed for %d requests: %s", len(batch), error)

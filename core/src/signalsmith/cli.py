@@ -18,7 +18,7 @@ import msgspec
 
 from signalsmith.config import Settings
 from signalsmith.embedded import RedisServerProcess
-from signalsmith.plugins import impls_in_call_order, plugin_infos
+from signalsmith.plugins import call_impl, impls_in_call_order, plugin_infos
 from signalsmith.runtime import Runtime, plugin_manager_for, start_runtime, stop_runtime
 
 T = TypeVar("T")
@@ -78,19 +78,15 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
         click.echo("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns).rstrip())
 
 
-@click.group()
-@click.pass_context
-def cli(ctx: click.Context) -> None:
-    """SignalSmith: a self-hosted, Segment-compatible customer-event pipeline."""
-    ctx.ensure_object(dict)
-    ctx.obj.setdefault("settings", Settings.from_env())
-
-
 def settings_of(ctx: click.Context) -> Settings:
-    return ctx.find_root().obj["settings"]
+    """The settings the CLI was built with (``build_cli``), else the environment's."""
+    obj = ctx.find_root().obj
+    if isinstance(obj, dict) and "settings" in obj:
+        return obj["settings"]
+    return Settings.from_env()
 
 
-@cli.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 def plugins(ctx: click.Context, as_json: bool) -> None:
@@ -105,7 +101,7 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
     )
 
 
-@cli.command()
+@click.command()
 @click.option("--host", default=None, help="Address to listen on (SIGNALSMITH_HOST).")
 @click.option("--port", type=int, default=None, help="Port to listen on (SIGNALSMITH_PORT).")
 @click.option("--workers", type=int, default=None, help="HTTP worker processes.")
@@ -125,7 +121,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
     run_server(msgspec.structs.replace(settings, **changes))
 
 
-@cli.command()
+@click.command()
 @click.option("--sink", "sink_names", multiple=True, help="Only run these sinks (repeatable).")
 @click.pass_context
 def worker(ctx: click.Context, sink_names: tuple[str, ...]) -> None:
@@ -142,11 +138,21 @@ def worker(ctx: click.Context, sink_names: tuple[str, ...]) -> None:
 
 
 def build_cli(settings: Settings | None = None) -> click.Group:
-    """The CLI with every plugin's commands added (``register_commands``)."""
+    """A fresh ``signalsmith`` group: the core commands plus every plugin's (``register_commands``).
+
+    Commands read ``settings`` through ``settings_of(ctx)``.
+    """
     settings = settings or Settings.from_env()
+
+    @click.group(context_settings={"obj": {"settings": settings}})
+    def cli() -> None:
+        """SignalSmith: a self-hosted, Segment-compatible customer-event pipeline."""
+
+    for command in (plugins, serve, worker):
+        cli.add_command(command)
     pm = plugin_manager_for(settings)
     for impl in impls_in_call_order(pm, "register_commands"):
-        impl.function(cli=cli)
+        call_impl(impl, cli=cli)
     return cli
 
 
@@ -159,4 +165,4 @@ def main(argv: list[str] | None = None) -> None:
     except msgspec.ValidationError as error:
         click.echo(f"error: invalid SIGNALSMITH_* setting: {error}", err=True)
         sys.exit(2)
-    build_cli(settings).main(args=argv, obj={"settings": settings}, prog_name="signalsmith")
+    build_cli(settings).main(args=argv, prog_name="signalsmith")

@@ -36,6 +36,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Plugin selection: None allows every installed plugin.
     plugins_allow: tuple[str, ...] | None = None
     plugins_block: tuple[str, ...] = ()
+    # Extra plugin modules by import path (local plugins not installed as distributions).
+    plugin_modules: tuple[str, ...] = ()
     # Worker tuning.
     worker_block_ms: int = 1000
     worker_claim_idle_ms: int = 30_000
@@ -62,7 +64,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
         fields: dict[str, object] = {}
         for field in msgspec.structs.fields(cls):
-            if field.name in ("plugins_allow", "plugins_block"):
+            if field.name in ("plugins_allow", "plugins_block", "plugin_modules"):
                 continue
             raw = get(field.name.upper())
             if raw is not None:
@@ -70,4 +72,5 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         # Datasette-style names: SIGNALSMITH_LOAD_PLUGINS allows, SIGNALSMITH_BLOCK_PLUGINS blocks.
         fields["plugins_allow"] = names("LOAD_PLUGINS")
         fields["plugins_block"] = names("BLOCK_PLUGINS") or ()
+        fields["plugin_modules"] = names("PLUGIN_MODULES") or ()
         return msgspec.convert(fields, cls, strict=False)

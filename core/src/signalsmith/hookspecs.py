@@ -1,7 +1,8 @@
 """Every hook a SignalSmith plugin can implement, in pipeline order.
 
-Plugins write ``from signalsmith import hookimpl`` and implement any of these by name. Any hook
-may return an awaitable; the core awaits it. `docs/plugin-hooks.md` documents each one, and a
+Plugins write ``from signalsmith import hookimpl`` and implement any of these by name. Stage,
+lifecycle and observer hooks may be ``async``; the core awaits them. ``register_*`` hooks are
+called synchronously at startup and must not be ``async``. `docs/plugin-hooks.md` documents each one, and a
 test fails when a hook here is missing from it.
 """
 
@@ -189,4 +190,18 @@ def observe_outcomes(outcomes: list[Outcome]) -> Awaitable[None] | None:
 
     Observers run after the stage's work and cannot change it; one that raises is logged and the
     others still run. Keep it cheap: it runs on the request path for collector stages.
+    """
+
+
+# --- embedded defaults ----------------------------------------------------------------------
+
+
+@hookspec
+def embedded_defaults(runtime: Runtime) -> dict[str, str] | Awaitable[dict[str, str]] | None:
+    """Called once by ``signalsmith serve`` on the embedded defaults, before the collector starts.
+
+    Prepare what a developer needs to send a first event (a development write key, an admin
+    token), persisting it under ``runtime.settings.data_dir``, and return it as
+    ``{name: value}`` for the start banner. The name ``"write_key"`` is used in the printed
+    ``curl`` example. Return None when there is nothing to add.
     """

@@ -66,7 +66,9 @@ class ParsedRequest(msgspec.Struct, kw_only=True):
     sent_at: datetime | None = None
 
 
-def parse_request(body: bytes, *, batch: bool | None, max_messages: int) -> ParsedRequest:
+def parse_request(
+    body: bytes, *, batch: bool | None, max_messages: int, max_message_bytes: int
+) -> ParsedRequest:
     """Decode a body into its messages without checking them.
 
     ``batch`` is True for batch endpoints (the body must hold ``batch: [...]``), False for
@@ -82,6 +84,12 @@ def parse_request(body: bytes, *, batch: bool | None, max_messages: int) -> Pars
     has_batch = len(envelope.batch) > 0 and bytes(envelope.batch) != b"null"
     is_batch = has_batch if batch is None else batch
     if not is_batch:
+        if len(body) > max_message_bytes:
+            raise RequestError(
+                "message_too_large",
+                f"message is {len(body)} bytes; at most {max_message_bytes} bytes per message",
+                status=413,
+            )
         return ParsedRequest(messages=[body], is_batch=False, write_key=write_key)
     try:
         items = _batch_items_decoder.decode(envelope.batch) if has_batch else None

@@ -8,14 +8,19 @@ whole batch. The answer is 200 only after the events are in Redis.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
+from typing import Any
 
 import msgspec
+import pluggy
+from redis.exceptions import RedisError
 
 from signalsmith.buffer import BacklogFull, BufferUnavailable, EventBuffer
+from signalsmith.model import Event
 from signalsmith.normalize import RequestError, normalise_messages, parse_request
-from signalsmith.plugins import impls_in_call_order, resolve
+from signalsmith.plugins import call_impl, impls_in_call_order, resolve
 from signalsmith.records import Credentials, Drop, Outcome, Refusal, Rejection, Source, StageResult
 from signalsmith.runtime import Runtime
 
@@ -72,6 +77,29 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return Answer(status=status, body=ErrorBody(code=code, message=message), headers=headers or {})
 
 
+class UnknownTransform(Exception):
+    """A source's configuration names a transform no installed plugin registers."""
+
+
+class _Step(msgspec.Struct, frozen=True, kw_only=True):
+    """One link of the validate -> transform -> consent chain."""
+
+    stage: str
+    hook_name: str
+    owner: str
+    run: Callable[[Source, list[Event]], Any]
+
+
+def _call_stage(impl: pluggy.HookImpl, source: Source, events: list[Event]) -> Any:
+    return call_impl(impl, source=source, events=events)
+
+
+class AuthenticatorFailed(Exception):
+    def __init__(self, plugin_name: str) -> None:
+        super().__init__(plugin_name)
+        self.plugin_name = plugin_name
+
+
 class Pipeline:
     """Runs one request through every collector stage, calling each plugin in order."""
 
@@ -81,11 +109,25 @@ class Pipeline:
         self.settings = runtime.settings
         pm = runtime.pm
         # Hook implementations are looked up once: the request path only iterates lists.
-        self._stages = [(name, impls_in_call_order(pm, name)) for name in GATE_STAGES]
+        self._hook_steps = {
+            name: [
+                _Step(
+                    stage=STAGE_NAMES[name],
+                    hook_name=name,
+                    owner=f"plugin {impl.plugin_name!r}",
+                    run=partial(_call_stage, impl),
+                )
+                for impl in impls_in_call_order(pm, name)
+            ]
+            for name in GATE_STAGES
+        }
+        self._default_steps = [step for name in GATE_STAGES for step in self._hook_steps[name]]
         self._observers = impls_in_call_order(pm, "observe_outcomes")
-        self._authenticate = pm.hook.authenticate
-        self._admit = pm.hook.admit_events
-        self._has_admit = bool(pm.hook.admit_events.get_hookimpls())
+        # Called impl by impl (not pm.hook.authenticate): an async authenticator returns a
+        # coroutine, which pluggy's firstresult would take as an answer even if it resolves None.
+        self._authenticators = impls_in_call_order(pm, "authenticate")
+        self._admitters = impls_in_call_order(pm, "admit_events")
+        self._transforms = runtime.transforms
 
     async def ingest(
         self,
@@ -100,7 +142,12 @@ class Pipeline:
     ) -> Answer:
         settings = self.settings
         try:
-            request = parse_request(body, batch=batch, max_messages=settings.max_batch_messages)
+            request = parse_request(
+                body,
+                batch=batch,
+                max_messages=settings.max_batch_messages,
+                max_message_bytes=settings.max_message_bytes,
+            )
         except RequestError as error:
             return _error(error.status, error.code, error.message)
 
@@ -116,10 +163,21 @@ class Pipeline:
             )
         credentials = Credentials(write_keys=tuple(keys), remote_addr=client_ip, path=path)
         try:
-            source = await resolve(self._authenticate(credentials=credentials))
-        except Exception:
-            log.exception("authenticate hook failed")
-            return _error(500, "auth_failed", "the authentication plugin failed; see server logs")
+            source = await self.authenticate(credentials)
+        except (RedisError, OSError) as error:
+            return _error(
+                503,
+                "auth_unavailable",
+                f"write keys cannot be checked now (Redis unreachable: {error})",
+                {"Retry-After": str(settings.retry_after_seconds)},
+            )
+        except AuthenticatorFailed as failure:
+            log.exception("plugin %s failed in authenticate", failure.plugin_name)
+            return _error(
+                500,
+                "auth_failed",
+                f"plugin {failure.plugin_name!r} failed in authenticate; see server logs",
+            )
         if source is None:
             return _error(
                 401,
@@ -127,14 +185,25 @@ class Pipeline:
                 "write key not recognised; create one with `signalsmith keys create`",
             )
 
-        if self._has_admit:
+        for impl in self._admitters:
             try:
                 refusal: Refusal | None = await resolve(
-                    self._admit(source=source, count=len(request.messages), path=path)
+                    call_impl(impl, source=source, count=len(request.messages), path=path)
+                )
+            except (RedisError, OSError) as error:
+                return _error(
+                    503,
+                    "admit_unavailable",
+                    f"rate limits cannot be checked now (Redis unreachable: {error})",
+                    {"Retry-After": str(settings.retry_after_seconds)},
                 )
             except Exception:
-                log.exception("admit_events hook failed")
-                return _error(500, "admit_failed", "the rate-limit plugin failed; see server logs")
+                log.exception("plugin %s failed in admit_events", impl.plugin_name)
+                return _error(
+                    500,
+                    "admit_failed",
+                    f"plugin {impl.plugin_name!r} failed in admit_events; see server logs",
+                )
             if refusal is not None:
                 reset = (
                     refusal.reset_after if refusal.reset_after is not None else refusal.retry_after
@@ -156,51 +225,49 @@ class Pipeline:
             client_ip=client_ip if stamp_ip else None,
         )
         events = normalised.events
-        index_of = {
-            id(event): index for event, index in zip(events, normalised.indexes, strict=True)
-        }
+        # Request position by messageId, so a drop by any later stage reports where it came from.
+        index_of: dict[str, int] = {}
+        for event, index in zip(events, normalised.indexes, strict=True):
+            index_of.setdefault(event.message_id, index)
         outcomes: list[Outcome] = []
         dropped: list[DroppedReport] = []
         if self._observers:
             outcomes.extend(_rejected_outcomes(normalised.rejected, source))
 
-        for hook_name, impls in self._stages:
-            stage = STAGE_NAMES[hook_name]
-            for impl in impls:
-                if not events:
-                    break
-                try:
-                    result: StageResult | None = await resolve(
-                        impl.function(source=source, events=events)
+        try:
+            steps = self._steps_for(source)
+        except UnknownTransform as error:
+            return _error(500, "unknown_transform", str(error))
+        for step in steps:
+            if not events:
+                break
+            try:
+                result: StageResult | None = await resolve(step.run(source, events))
+            except Exception:
+                log.exception("%s failed in %s", step.owner, step.hook_name)
+                return _error(
+                    500,
+                    f"{step.stage}_failed",
+                    f"{step.owner} failed in {step.hook_name}; see server logs",
+                )
+            if result is None:
+                continue
+            for drop in result.dropped:
+                dropped.append(_dropped_report(drop, step.stage, index_of))
+            outcomes.extend(result.outcomes)
+            if self._observers:
+                outcomes.extend(
+                    Outcome(
+                        stage=step.stage,
+                        status="dropped",
+                        message_id=drop.event.message_id,
+                        source_id=source.id,
+                        reason=drop.reason,
+                        detail=drop.detail or None,
                     )
-                except Exception:
-                    log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
-                    return _error(
-                        500,
-                        f"{stage}_failed",
-                        f"plugin {impl.plugin_name!r} failed in {hook_name}; see server logs",
-                    )
-                if result is None:
-                    continue
-                for drop in result.dropped:
-                    dropped.append(_dropped_report(drop, stage, index_of))
-                outcomes.extend(result.outcomes)
-                if self._observers:
-                    outcomes.extend(
-                        Outcome(
-                            stage=stage,
-                            status="dropped",
-                            message_id=drop.event.message_id,
-                            source_id=source.id,
-                            reason=drop.reason,
-                            detail=drop.detail or None,
-                        )
-                        for drop in result.dropped
-                    )
-                for event in result.events:
-                    # Replaced events keep the request position of the one they replace.
-                    index_of.setdefault(id(event), -1)
-                events = result.events
+                    for drop in result.dropped
+                )
+            events = result.events
 
         duplicates: list[int] = []
         if events:
@@ -246,13 +313,54 @@ class Pipeline:
             ),
         )
 
+    def _steps_for(self, source: Source) -> list[_Step]:
+        """Validate hooks, the source's named transforms in its order, transform hooks, consent."""
+        names = source.settings.get("transforms") or ()
+        if not names:
+            return self._default_steps
+        named = []
+        for name in names:
+            transform = self._transforms.get(name)
+            if transform is None:
+                raise UnknownTransform(
+                    f"source {source.name!r} lists transform {name!r}, which no installed plugin "
+                    f"registers (registered: {', '.join(sorted(self._transforms)) or 'none'})"
+                )
+            named.append(
+                _Step(
+                    stage="transform",
+                    hook_name=f"transform {name!r}",
+                    owner=f"plugin {transform.plugin!r}",
+                    run=transform.apply,
+                )
+            )
+        return [
+            *self._hook_steps["validate_events"],
+            *named,
+            *self._hook_steps["transform_events"],
+            *self._hook_steps["apply_consent"],
+        ]
+
+    async def authenticate(self, credentials: Credentials) -> Source | None:
+        """The Source of the first authenticator that knows one of the offered keys."""
+        for impl in self._authenticators:
+            try:
+                source = await resolve(call_impl(impl, credentials=credentials))
+            except (RedisError, OSError):
+                raise
+            except Exception as error:
+                raise AuthenticatorFailed(impl.plugin_name) from error
+            if source is not None:
+                return source
+        return None
+
     async def observe(self, outcomes: list[Outcome]) -> None:
         """Tell every observer; one that fails is logged and the others still run."""
         if not outcomes:
             return
         for impl in self._observers:
             try:
-                await resolve(impl.function(outcomes=outcomes))
+                await resolve(call_impl(impl, outcomes=outcomes))
             except Exception:
                 log.exception("observer %s failed", impl.plugin_name)
 
@@ -271,9 +379,9 @@ def _rejected_outcomes(rejected: list[Rejection], source: Source) -> list[Outcom
     ]
 
 
-def _dropped_report(drop: Drop, stage: str, index_of: dict[int, int]) -> DroppedReport:
+def _dropped_report(drop: Drop, stage: str, index_of: dict[str, int]) -> DroppedReport:
     return DroppedReport(
-        index=index_of.get(id(drop.event), -1),
+        index=index_of.get(drop.event.message_id, -1),
         message_id=drop.event.message_id,
         stage=stage,
         reason=drop.reason,

@@ -85,6 +85,15 @@ def impls_in_call_order(pm: pluggy.PluginManager, hook_name: str) -> list[pluggy
     return list(reversed(caller.get_hookimpls()))
 
 
+def call_impl(impl: pluggy.HookImpl, **kwargs: Any) -> Any:
+    """Call one hook implementation with the arguments it declares, as pluggy itself does.
+
+    pluggy lets an implementation accept a subset of the spec's arguments (``def
+    transform_events(self, events)``), so only the declared ones are passed.
+    """
+    return impl.function(*(kwargs[name] for name in impl.argnames))
+
+
 async def resolve(value: Any) -> Any:
     """Await ``value`` if a hook returned an awaitable; hooks may be sync or async."""
     if inspect.isawaitable(value):
@@ -115,7 +124,7 @@ def call_registrations(
             owners[name] = _plugin
             found.append((_plugin, record))
 
-        impl.function(register=register)
+        call_impl(impl, register=register)
     return found
 
 

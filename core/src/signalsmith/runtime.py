@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -10,7 +11,15 @@ import pluggy
 import redis.asyncio as aioredis
 
 from signalsmith.config import Settings
-from signalsmith.plugins import build_plugin_manager, impls_in_call_order, resolve
+from signalsmith.plugins import (
+    build_plugin_manager,
+    call_impl,
+    impls_in_call_order,
+    registered_sinks,
+    registered_transforms,
+    resolve,
+)
+from signalsmith.records import Sink, Transform
 
 log = logging.getLogger("signalsmith.runtime")
 
@@ -25,6 +34,9 @@ class Runtime:
     pm: pluggy.PluginManager
     role: Role
     redis: aioredis.Redis
+    # Capabilities, collected (and checked for duplicate names) once at startup.
+    sinks: list[Sink] = field(default_factory=list)
+    transforms: dict[str, Transform] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
 
     def key(self, *parts: str) -> str:
@@ -43,7 +55,14 @@ def connect_redis(url: str) -> aioredis.Redis:
 
 
 def plugin_manager_for(settings: Settings) -> pluggy.PluginManager:
-    return build_plugin_manager(allow=settings.plugins_allow, block=settings.plugins_block)
+    """The manager for this process: installed plugins plus ``SIGNALSMITH_PLUGIN_MODULES``."""
+    modules = [
+        (importlib.import_module(module_name), module_name)
+        for module_name in settings.plugin_modules
+    ]
+    return build_plugin_manager(
+        allow=settings.plugins_allow, block=settings.plugins_block, extra_plugins=modules
+    )
 
 
 async def start_runtime(
@@ -59,14 +78,21 @@ async def start_runtime(
             "no Redis configured: set SIGNALSMITH_REDIS_URL, or run `signalsmith serve`, "
             "which starts an embedded Redis"
         )
+    pm = pm if pm is not None else plugin_manager_for(settings)
+    # Every process checks capability names, so a duplicate fails the collector too, not only
+    # the worker that would have run the sink.
+    sinks = registered_sinks(pm)
+    transforms = registered_transforms(pm)
     runtime = Runtime(
         settings=settings,
-        pm=pm if pm is not None else plugin_manager_for(settings),
+        pm=pm,
         role=role,
         redis=redis if redis is not None else connect_redis(settings.redis_url or ""),
+        sinks=sinks,
+        transforms=transforms,
     )
     for impl in impls_in_call_order(runtime.pm, "startup"):
-        await resolve(impl.function(runtime=runtime))
+        await resolve(call_impl(impl, runtime=runtime))
     return runtime
 
 
@@ -74,7 +100,7 @@ async def stop_runtime(runtime: Runtime, *, close_redis: bool = True) -> None:
     """Run every ``shutdown`` hook (each in its own try), then close Redis."""
     for impl in impls_in_call_order(runtime.pm, "shutdown"):
         try:
-            await resolve(impl.function(runtime=runtime))
+            await resolve(call_impl(impl, runtime=runtime))
         except Exception:
             log.exception("plugin %s failed in shutdown", impl.plugin_name)
     if close_redis:

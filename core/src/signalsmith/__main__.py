@@ -1,0 +1,3 @@
+from signalsmith.cli import main
+
+main()

@@ -1,0 +1,115 @@
+"""``signalsmith serve``: Granian in front of the collector app, and the embedded defaults.
+
+With ``SIGNALSMITH_REDIS_URL`` set, this process runs only the collector (Granian workers), so
+collectors and workers scale separately. Without it, it also starts a real Redis server from
+the data directory and a worker process beside the collector: the whole pipeline in one command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import subprocess
+import sys
+
+import click
+import msgspec
+from granian import Granian
+from granian.constants import HTTPModes, Interfaces, Loops
+
+from signalsmith.config import Settings
+from signalsmith.embedded import RedisServerProcess
+from signalsmith.plugins import call_impl, impls_in_call_order, resolve
+from signalsmith.runtime import plugin_manager_for, start_runtime, stop_runtime
+
+log = logging.getLogger("signalsmith.server")
+
+
+def granian_server(settings: Settings) -> Granian:
+    """The Granian server for the collector; bench/ runs its baseline with these same flags."""
+    return Granian(
+        "signalsmith.app:create_app",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=settings.http_workers,
+        runtime_threads=1,
+        loop=Loops.uvloop,
+        http=HTTPModes.http1,
+        websockets=False,
+        backlog=2048,
+        log_level="warning",  # type: ignore[arg-type]
+    )
+
+
+async def _embedded_defaults(settings: Settings) -> dict[str, str]:
+    runtime = await start_runtime(settings, "cli", pm=plugin_manager_for(settings))
+    try:
+        found: dict[str, str] = {}
+        for impl in impls_in_call_order(runtime.pm, "embedded_defaults"):
+            found.update(await resolve(call_impl(impl, runtime=runtime)) or {})
+        return found
+    finally:
+        await stop_runtime(runtime)
+
+
+def _banner(settings: Settings, redis_url: str, defaults: dict[str, str]) -> str:
+    base = f"http://{settings.host}:{settings.port}"
+    lines = [
+        f"SignalSmith collector on {base}",
+        f"  Redis (embedded): {redis_url}",
+        f"  Data directory:   {settings.data_path.resolve()}",
+    ]
+    for name, value in defaults.items():
+        label = "Development write key" if name == "write_key" else name.replace("_", " ")
+        lines.append(f"  {label[0].upper() + label[1:]}: {value}")
+    write_key = defaults.get("write_key")
+    if write_key:
+        body = '{"userId":"user-1","event":"Hello SignalSmith","properties":{"plan":"pro"}}'
+        lines += [
+            "  Send a track event:",
+            f"    curl -sS {base}/v1/track -u {shlex.quote(write_key + ':')} "
+            f"-H 'Content-Type: application/json' -d {shlex.quote(body)}",
+        ]
+    else:
+        lines.append("  No write-key plugin is installed: install signalsmith-auth-writekey.")
+    return "\n".join(lines)
+
+
+def serve(settings: Settings) -> None:
+    """Run the collector until interrupted; on the embedded defaults, Redis and a worker too."""
+    if settings.redis_url:
+        granian_server(settings).serve()
+        return
+
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    redis_server = RedisServerProcess(settings.data_path / "redis", unix_socket=True)
+    if redis_server._answers():
+        raise click.ClickException(
+            f"an embedded Redis is already running in {settings.data_path}: is another "
+            "`signalsmith serve` using this data directory? Stop it or set SIGNALSMITH_DATA_DIR."
+        )
+    redis_server.start()
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        embedded = msgspec.structs.replace(settings, redis_url=redis_server.url)
+        # Granian's worker processes and our worker read their settings from the environment.
+        os.environ["SIGNALSMITH_REDIS_URL"] = redis_server.url
+        defaults = asyncio.run(_embedded_defaults(embedded))
+        # Exactly one worker process: an embedded warehouse can only be held by one process.
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "signalsmith", "worker"], env=os.environ.copy()
+        )
+        click.echo(_banner(settings, redis_server.url, defaults), err=True)
+        granian_server(embedded).serve()
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        redis_server.stop()
