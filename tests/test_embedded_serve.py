@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis as sync_redis
 
@@ -116,6 +117,14 @@ def test_serve_on_embedded_defaults_prints_a_working_curl(workdir: Path) -> None
     try:
         assert f"SignalSmith collector on http://127.0.0.1:{port}" in served.banner
         write_key = served.field("Development write key")
+        admin_token = served.field("Admin token")
+        status = httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/admin/status",
+            headers={"Authorization": f"Bearer {admin_token}"},
+        )
+        assert status.status_code == 200, status.text
+        assert status.json()["sinks"] == ["test-file"]
+        assert httpx.get(f"http://127.0.0.1:{port}/api/v1/admin/status").status_code == 401
         redis_url = served.field("Redis (embedded)")
         assert redis_url.startswith("unix://")
 
@@ -152,6 +161,7 @@ def test_serve_on_embedded_defaults_prints_a_working_curl(workdir: Path) -> None
     served = _serve(workdir, port)
     try:
         assert served.field("Development write key") == write_key
+        assert served.field("Admin token") == admin_token
         client = sync_redis.Redis.from_url(served.field("Redis (embedded)"))
         [group] = client.xinfo_groups("signalsmith:events")
         assert group["name"] == b"test-file"

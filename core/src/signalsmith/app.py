@@ -19,10 +19,12 @@ from typing import Any
 
 import msgspec
 import pluggy
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, Request, Response, Router, get
+from litestar.exceptions import HTTPException
 from litestar.handlers import asgi
 from litestar.types import Receive, Scope, Send
 
+from signalsmith.admin import ADMIN_PATH, make_admin_guard
 from signalsmith.buffer import EventBuffer
 from signalsmith.config import Settings
 from signalsmith.pipeline import Answer, ErrorBody, Pipeline
@@ -389,9 +391,32 @@ def create_app(
             headers=cors,
         )
 
+    @get("/status")
+    async def admin_status() -> AdminStatus:
+        """What this collector runs: plugins, sinks, and the stream's backlog."""
+        ready, detail = await state.buffer.ready()
+        return AdminStatus(
+            ready=ready,
+            detail=detail,
+            backlog_entries=await state.buffer.backlog() if ready else None,
+            sinks=[sink.name for sink in state.runtime.sinks],
+            plugins=plugin_infos(pm),
+        )
+
     handlers: list[Any] = [ingest, healthz, readyz, list_plugins, browser_settings]
     for impl in impls_in_call_order(pm, "register_routes"):
         call_impl(impl, register=handlers.append)
+    admin_handlers: list[Any] = [admin_status]
+    for impl in impls_in_call_order(pm, "register_admin_routes"):
+        call_impl(impl, register=admin_handlers.append)
+    handlers.append(
+        Router(
+            path=ADMIN_PATH,
+            route_handlers=admin_handlers,
+            guards=[make_admin_guard(settings)],
+            tags=["admin"],
+        )
+    )
 
     return Litestar(
         route_handlers=handlers,
@@ -399,6 +424,41 @@ def create_app(
         # Leave the root logger to the process (CLI, Granian, pytest's caplog).
         logging_config=None,
         openapi_config=_openapi_config(),
+        exception_handlers={HTTPException: _http_error},
+    )
+
+
+class AdminStatus(msgspec.Struct, frozen=True, kw_only=True):
+    ready: bool
+    detail: str
+    backlog_entries: int | None
+    sinks: list[str]
+    plugins: list[PluginInfo]
+
+
+_ERROR_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "request_too_large",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def _http_error(request: Request[Any, Any, Any], error: HTTPException) -> Response[ErrorBody]:
+    """Every Litestar error as ``{code, message}``, the one error shape of this API."""
+    message = error.detail
+    if error.extra:
+        message = f"{message}: {error.extra}"
+    return Response(
+        ErrorBody(code=_ERROR_CODES.get(error.status_code, "error"), message=message),
+        status_code=error.status_code,
+        headers=error.headers,
     )
 
 

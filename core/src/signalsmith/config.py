@@ -33,6 +33,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Requests waiting for the next Redis flush beyond this are answered 503 (backpressure).
     max_pending_appends: int = 10_000
     retry_after_seconds: int = 5
+    # The admin API (`/api/v1/admin`) answers only requests bearing this token.
+    admin_token: str | None = None
     # Plugin selection: None allows every installed plugin.
     plugins_allow: tuple[str, ...] | None = None
     plugins_block: tuple[str, ...] = ()

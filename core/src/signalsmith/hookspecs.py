@@ -71,6 +71,16 @@ def register_routes(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
+def register_admin_routes(register: Callable[[Any], None]) -> None:
+    """Called when the HTTP app is built, to add endpoints under ``/api/v1/admin``.
+
+    Call ``register(handler)`` with Litestar route handlers whose paths are relative to
+    ``/api/v1/admin``. Every one is behind the admin-token guard: a request without
+    ``SIGNALSMITH_ADMIN_TOKEN`` (as a Bearer token) gets 401 before the handler runs.
+    """
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Called when the ``signalsmith`` CLI is built, to add commands to it.
 

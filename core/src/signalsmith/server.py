@@ -18,6 +18,7 @@ import msgspec
 from granian import Granian
 from granian.constants import HTTPModes, Interfaces, Loops
 
+from signalsmith.admin import ensure_admin_token, write_server_file
 from signalsmith.config import Settings
 from signalsmith.embedded import RedisServerProcess
 from signalsmith.plugins import call_impl, impls_in_call_order, resolve
@@ -55,6 +56,9 @@ async def _embedded_defaults(settings: Settings) -> dict[str, str]:
         await stop_runtime(runtime)
 
 
+LABELS = {"write_key": "Development write key", "admin_token": "Admin token"}
+
+
 def _banner(settings: Settings, redis_url: str, defaults: dict[str, str]) -> str:
     base = f"http://{settings.host}:{settings.port}"
     lines = [
@@ -63,7 +67,7 @@ def _banner(settings: Settings, redis_url: str, defaults: dict[str, str]) -> str
         f"  Data directory:   {settings.data_path.resolve()}",
     ]
     for name, value in defaults.items():
-        label = "Development write key" if name == "write_key" else name.replace("_", " ")
+        label = LABELS.get(name, name.replace("_", " "))
         lines.append(f"  {label[0].upper() + label[1:]}: {value}")
     write_key = defaults.get("write_key")
     if write_key:
@@ -76,6 +80,11 @@ def _banner(settings: Settings, redis_url: str, defaults: dict[str, str]) -> str
     else:
         lines.append("  No write-key plugin is installed: install signalsmith-auth-writekey.")
     return "\n".join(lines)
+
+
+def _connect_host(host: str) -> str:
+    """Where a local client reaches a server listening on ``host``."""
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
 def serve(settings: Settings) -> None:
@@ -101,7 +110,14 @@ def serve(settings: Settings) -> None:
         os.environ["SIGNALSMITH_REDIS_URL"] = redis_server.url
         os.environ["SIGNALSMITH_HTTP_WORKERS"] = "1"
         os.environ["SIGNALSMITH_EMBEDDED_WORKER"] = "1"
+        admin_token = settings.admin_token or ensure_admin_token(settings.data_path)
+        os.environ["SIGNALSMITH_ADMIN_TOKEN"] = admin_token
+        embedded = msgspec.structs.replace(embedded, admin_token=admin_token)
         defaults = asyncio.run(_embedded_defaults(embedded))
+        defaults["admin_token"] = admin_token
+        write_server_file(
+            settings.data_path, f"http://{_connect_host(settings.host)}:{settings.port}"
+        )
         click.echo(_banner(settings, redis_server.url, defaults), err=True)
         granian_server(embedded).serve()
     finally:
