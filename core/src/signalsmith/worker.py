@@ -42,7 +42,6 @@ from signalsmith.plugins import (
     PluginConfigError,
     call_impl,
     impls_in_call_order,
-    registered_sinks,
     resolve,
     sink_hook_impl,
 )
@@ -729,7 +728,7 @@ class Worker:
         self.consumer = consumer or consumer_name()
         self.stream = stream_key(runtime.settings.key_prefix)
         self.trim_interval = trim_interval
-        registered = registered_sinks(runtime.pm)
+        registered = runtime.sinks
         self.registered_names = frozenset(sink.name for sink in registered)
         if only is not None:
             wanted = list(dict.fromkeys(only))
