@@ -26,7 +26,12 @@ from litestar.testing import AsyncTestClient
 from signalsmith import hookimpl
 from signalsmith.app import BodyTooLarge, create_app, read_body
 from signalsmith.config import Settings
-from signalsmith.model import EVENT_TYPES, Alias, Group, Identify, Page, Screen, Track
+from signalsmith.model import (
+    EVENT_CLASSES,
+    EVENT_TYPES,
+    Group,
+    Identify,
+)
 from signalsmith.plugins import build_plugin_manager
 from signalsmith.records import Credentials, Source
 from signalsmith.testing import StaticKeys, alias, group, identify, page, screen, track
@@ -42,14 +47,7 @@ FACTORIES: dict[str, Callable[..., dict[str, Any]]] = {
     "group": group,
     "alias": alias,
 }
-CLASSES = {
-    "track": Track,
-    "identify": Identify,
-    "page": Page,
-    "screen": Screen,
-    "group": Group,
-    "alias": Alias,
-}
+CLASSES = EVENT_CLASSES
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "client-requests"
 FIXTURE_KEY = "wk_fixture_0001"
 
