@@ -1,0 +1,175 @@
+"""Schema evolution details beyond the conformance suite, against the real engine (chDB)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+
+from signalsmith.model import Identify, Track
+from signalsmith_warehouse_clickhouse import ClickHouseWarehouse
+from signalsmith_warehouse_clickhouse.rows import MAX_DEPTH
+
+OpenWarehouse = Callable[..., Awaitable[ClickHouseWarehouse]]
+_counter = iter(range(1_000_000))
+
+
+def track(event: str, properties: dict[str, Any], **fields: Any) -> Track:
+    now = datetime.now(UTC)
+    return Track(
+        message_id=f"m-{next(_counter):07d}",
+        received_at=now,
+        timestamp=now,
+        event=event,
+        properties=properties,
+        **fields,
+    )
+
+
+async def rows(warehouse: ClickHouseWarehouse, sql: str) -> list[dict[str, Any]]:
+    result = await warehouse.query(sql)
+    return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
+
+
+async def column_types(warehouse: ClickHouseWarehouse, table: str) -> dict[str, str]:
+    return {
+        row["name"]: row["type"]
+        for row in await rows(
+            warehouse,
+            f"SELECT name, type FROM system.columns WHERE database = currentDatabase() "
+            f"AND table = '{table}'",
+        )
+    }
+
+
+async def test_in_one_batch_the_latest_value_picks_a_new_columns_type(
+    open_warehouse: OpenWarehouse,
+) -> None:
+    warehouse = await open_warehouse()
+    number_then_text = [track("A", {"code": 1}), track("A", {"code": "x1"})]
+    text_then_number = [track("B", {"code": "x1"}), track("B", {"code": 1})]
+    await warehouse.write(number_then_text + text_then_number)
+
+    # Text last: a string column, and the number before it is kept as its text.
+    assert (await column_types(warehouse, "a"))["code"] == "Nullable(String)"
+    assert {r["code"] for r in await rows(warehouse, "SELECT code FROM a")} == {"1", "x1"}
+    # Number last: an integer column; the text before it cannot be one and is set aside.
+    assert (await column_types(warehouse, "b"))["code"] == "Nullable(Int64)"
+    assert [r["code"] for r in await rows(warehouse, "SELECT code FROM b ORDER BY id")] == [
+        None,
+        1,
+    ]
+    [discard] = await rows(warehouse, "SELECT value, value_type, reason FROM discards")
+    assert discard == {"value": "x1", "value_type": "string", "reason": "type_conflict"}
+
+
+async def test_scalars_into_a_string_column_are_kept_as_text(open_warehouse: OpenWarehouse) -> None:
+    warehouse = await open_warehouse()
+    await warehouse.write([track("Note", {"label": "first"})])
+    await warehouse.write(
+        [
+            track("Note", {"label": 42}),
+            track("Note", {"label": True}),
+            track("Note", {"label": 2.5}),
+            track("Note", {"label": "2024-05-01T12:00:00Z"}),
+            track("Note", {"label": [1, "a"]}),
+        ]
+    )
+    labels = [r["label"] for r in await rows(warehouse, "SELECT label FROM note ORDER BY id")]
+    assert labels == ["first", "42", "true", "2.5", "2024-05-01T12:00:00Z", '[1,"a"]']
+    assert await rows(warehouse, "SELECT * FROM discards") == []
+
+
+async def test_a_conflicting_trait_is_set_aside_and_the_users_other_traits_kept(
+    open_warehouse: OpenWarehouse,
+) -> None:
+    warehouse = await open_warehouse()
+    now = datetime.now(UTC)
+
+    def identify(message_id: str, traits: dict[str, Any]) -> Identify:
+        return Identify(
+            message_id=message_id, received_at=now, timestamp=now, user_id="u-1", traits=traits
+        )
+
+    await warehouse.write([identify("i-1", {"age": 30, "name": "Ada"})])
+    await warehouse.write([identify("i-2", {"age": "thirty", "name": "Ada L."})])
+
+    assert await rows(warehouse, "SELECT id, age, name FROM users") == [
+        {"id": "u-1", "age": 30, "name": "Ada L."}
+    ]
+    discards = await rows(
+        warehouse, "SELECT table_name, row_id, value FROM discards ORDER BY table_name"
+    )
+    assert discards == [
+        {"table_name": "identifies", "row_id": "i-2", "value": "thirty"},
+        {"table_name": "users", "row_id": "u-1", "value": "thirty"},
+    ]
+    # Written again (a redelivery), the discards do not repeat.
+    await warehouse.write([identify("i-2", {"age": "thirty", "name": "Ada L."})])
+    assert len(await rows(warehouse, "SELECT * FROM discards")) == 2
+
+
+async def test_nesting_past_the_limit_is_kept_as_json(open_warehouse: OpenWarehouse) -> None:
+    warehouse = await open_warehouse()
+    deep: dict[str, Any] = {"leaf": 1}
+    for _ in range(MAX_DEPTH + 3):
+        deep = {"n": deep}
+    await warehouse.write([track("Deep", {"tree": deep})])
+
+    columns = await column_types(warehouse, "deep")
+    [name] = [column for column in columns if column.startswith("tree_")]
+    # "tree" and MAX_DEPTH - 1 levels of "n" make the column; the rest is its JSON value.
+    assert name == "tree" + "_n" * (MAX_DEPTH - 1)
+    rest: dict[str, Any] = {"leaf": 1}
+    for _ in range(4):
+        rest = {"n": rest}
+    [row] = await rows(warehouse, f"SELECT `{name}` AS rest FROM deep")
+    assert json.loads(row["rest"]) == rest
+
+
+async def test_a_table_missing_a_fixed_column_gets_it(
+    open_warehouse: OpenWarehouse, chdb_dir: Path, database: str
+) -> None:
+    warehouse = await open_warehouse()
+    await warehouse.write([track("Old", {"x": 1})])
+    other = clickhouse_connect.get_client(dsn=f"chdb://{chdb_dir}")
+    try:
+        other.command(f"ALTER TABLE {database}.old DROP COLUMN source_id")
+    finally:
+        other.close()
+    # A new process: it reads the table as it is now.
+    again = await open_warehouse()
+    await again.write([track("Old", {"x": 2}, project_id="web")])
+
+    assert "source_id" in await column_types(again, "old")
+    assert await rows(again, "SELECT x, source_id FROM old ORDER BY x") == [
+        {"x": 1, "source_id": ""},
+        {"x": 2, "source_id": "web"},
+    ]
+
+
+async def test_a_table_changed_behind_the_writer_is_seen(
+    open_warehouse: OpenWarehouse, chdb_dir: Path, database: str
+) -> None:
+    warehouse = await open_warehouse()
+    await warehouse.write([track("Changed", {"count": 1})])
+    other = clickhouse_connect.get_client(dsn=f"chdb://{chdb_dir}")
+    try:
+        other.command(f"ALTER TABLE {database}.changed MODIFY COLUMN count Nullable(String)")
+    finally:
+        other.close()
+
+    # Within the schema's time to live the writer still takes `count` for an integer column;
+    # an integer still lands (ClickHouse converts it on insert).
+    await warehouse.write([track("Changed", {"count": 2})])
+    # Past it, the column is read again: text now fits it instead of being set aside.
+    warehouse.schema_ttl_seconds = 0
+    await warehouse.write([track("Changed", {"count": "many"})])
+
+    counts = [r["count"] for r in await rows(warehouse, "SELECT count FROM changed ORDER BY id")]
+    assert counts == ["1", "2", "many"]
+    assert await rows(warehouse, "SELECT * FROM discards") == []
