@@ -129,8 +129,8 @@ def admit_events(
     """Called once per authenticated request, before the body's messages are checked.
 
     ``count`` is the number of messages in the request. Return None to admit it, or a ``Refusal``
-    to answer 429 with its ``retry_after`` (nothing from the request is buffered). The first
-    refusal wins.
+    to answer 429 with its ``retry_after`` (or its other 4xx ``status``, without Retry-After);
+    nothing from the request is buffered. The first refusal wins.
     """
 
 

@@ -205,6 +205,10 @@ class Pipeline:
                     f"plugin {impl.plugin_name!r} failed in admit_events; see server logs",
                 )
             if refusal is not None:
+                if refusal.status != 429:
+                    # Not a rate limit (a revoked key, a batch that can never fit): no
+                    # Retry-After, so clients do not wait and try again.
+                    return _error(refusal.status, refusal.reason, refusal.message)
                 reset = (
                     refusal.reset_after if refusal.reset_after is not None else refusal.retry_after
                 )

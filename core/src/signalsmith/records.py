@@ -38,13 +38,19 @@ class Credentials(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Refusal(msgspec.Struct, frozen=True, kw_only=True):
-    """An admit-stage answer that refuses a request (rate limit); becomes a 429."""
+    """An admit-stage answer that refuses a request: a 429 (rate limit) unless ``status`` says.
+
+    Another 4xx ``status`` is for refusals that waiting cannot cure (a revoked key: 401; a batch
+    larger than the key may ever send: 413); those carry no Retry-After.
+    """
 
     retry_after: int
     reason: str = "rate_limited"
     message: str = "rate limit exceeded for this write key"
     # Seconds until the limit fully resets, for `X-RateLimit-Reset`; defaults to retry_after.
     reset_after: int | None = None
+    # The HTTP status; only a 429 gets Retry-After and X-RateLimit-Reset.
+    status: int = 429
 
 
 class Rejection(msgspec.Struct, frozen=True, kw_only=True):

@@ -74,8 +74,10 @@ async def everything_under(redis: aioredis.Redis, prefix: str) -> list[bytes]:
 def test_plugin_is_registered_through_its_entry_point() -> None:
     infos = {info.name: info for info in plugin_infos(build_plugin_manager(allow=[PLUGIN]))}
     assert infos[PLUGIN].hooks == [
+        "admit_events",
         "authenticate",
         "embedded_defaults",
+        "register_admin_routes",
         "register_commands",
         "shutdown",
         "startup",
@@ -89,9 +91,19 @@ async def test_created_key_resolves_to_its_source(store: KeyStore) -> None:
     assert record.source == "web"
     assert record.prefix == plaintext[:10]
     assert record.state == "active"
-    assert await store.lookup(plaintext) == Source(
-        id="web", name="web", key_prefix=plaintext[:10], plan="free"
+    assert (record.plan, record.rate, record.burst) == ("free", 100, 500)
+    source = await store.lookup(plaintext)
+    assert source is not None
+    assert (source.id, source.name, source.key_prefix, source.plan) == (
+        "web",
+        "web",
+        plaintext[:10],
+        "free",
     )
+    assert isinstance(source, Source)
+    # The hash rides along for the admit stage, but stays out of reprs (and so out of logs).
+    assert source.key_hash == hash_key(plaintext)
+    assert hash_key(plaintext) not in repr(source)
 
 
 async def test_only_the_hash_is_stored(
@@ -105,6 +117,9 @@ async def test_only_the_hash_is_stored(
     assert record[b"source"] == b"web"
     assert await redis.smembers(f"{key_prefix}:sources:web:keys") == {hash_key(plaintext).encode()}
     assert await redis.smembers(f"{key_prefix}:source-names") == {b"web"}
+    assert await redis.hgetall(f"{key_prefix}:key-prefixes") == {
+        plaintext[:10].encode(): hash_key(plaintext).encode()
+    }
 
 
 async def test_list_shows_prefixes_never_keys_or_hashes(store: KeyStore) -> None:
@@ -168,7 +183,10 @@ async def test_cached_answers_expire_so_changes_in_redis_are_seen(
     runtime: Runtime, redis: aioredis.Redis
 ) -> None:
     clock = Clock()
-    store = KeyStore(runtime.redis, runtime.key, ttl=1.0, negative_ttl=0.25, clock=clock)
+    # Not subscribed to the changes channel: answers are kept for unsubscribed_ttl only.
+    store = KeyStore(
+        runtime.redis, runtime.key, unsubscribed_ttl=1.0, negative_ttl=0.25, clock=clock
+    )
     plaintext, _ = await store.create("web")
     assert (await store.authenticate([plaintext])) is not None
 
@@ -281,8 +299,17 @@ def test_cli_creates_a_key_once_and_lists_only_its_prefix(
     listed = runner.invoke(cli, ["keys", "list"], env=cli_env)
     assert listed.exit_code == 0, listed.output
     header, row = listed.output.splitlines()
-    assert header.split() == ["source", "prefix", "created"]
-    assert row.split()[:2] == ["web", f"{plaintext[:10]}..."]
+    assert header.split() == [
+        "source",
+        "prefix",
+        "plan",
+        "rate",
+        "burst",
+        "state",
+        "created",
+        "last_used",
+    ]
+    assert row.split()[:6] == ["web", f"{plaintext[:10]}...", "free", "100/s", "500", "active"]
     assert plaintext not in listed.output
     assert hash_key(plaintext) not in listed.output
 

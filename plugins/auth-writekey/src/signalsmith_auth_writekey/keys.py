@@ -2,13 +2,18 @@
 
 Layout, under the deployment's key prefix ``P``:
 
-- ``P:keys:<sha256hex>``: hash, one ``KeyRecord`` per key (source, prefix, created_at, state, plan);
-- ``P:sources:<name>:keys``: set of the key hashes a source owns (for listing, and for revoking
-  or rotating every key of a source later);
-- ``P:source-names``: set of every source name that has had a key.
+- ``P:keys:<sha256hex>``: hash, one ``KeyRecord`` per key (source, prefix, plan, rate, burst,
+  state, times), plus ``tat``, the rate limiter's state (`limits.py`);
+- ``P:sources:<name>:keys``: set of the key hashes a source owns;
+- ``P:source-names``: set of every source name that has had a key;
+- ``P:key-prefixes``: hash, each key's display prefix -> its hash, so an operator can name a
+  key by the prefix a listing shows (and prefixes stay unique);
+- channel ``P:keys:changes``: the hash of every key that was created, revoked, rotated or
+  re-planned, so each collector drops it from its cache at once.
 
 ``P:sources:<name>`` itself is left free for the source's own settings. The plaintext key is
-returned once by ``create`` and never stored or logged; only its prefix is shown afterwards.
+returned once by ``create`` (and ``rotate``) and never stored or logged; only its prefix is
+shown afterwards.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
 from signalsmith.records import Source
+from signalsmith_auth_writekey.limits import Decision, RateLimiter
+from signalsmith_auth_writekey.plans import DEFAULT_PLAN, FREE, PLANS, Limits, limits_for
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -46,15 +53,28 @@ DISPLAY_PREFIX_LENGTH = 10
 MAX_KEY_LENGTH = 256
 
 ACTIVE = "active"
+REVOKED = "revoked"
 DEV_SOURCE = "dev"
+# How long a rotated key keeps working unless told otherwise: a day to roll the new key out.
+DEFAULT_GRACE_SECONDS = 24 * 3600
 
 # Source names become parts of Redis key names, so ":" and spaces are out: a name with ":" could
 # collide with another source's index key.
 SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
+KeyState = Literal["active", "expiring", "expired", "revoked"]
+
 
 class InvalidSourceName(ValueError):
     """A source name that cannot be used in key names and listings."""
+
+
+class KeyNotFound(LookupError):
+    """No key has the prefix (or is the key) an operator named."""
+
+
+class KeyConflict(RuntimeError):
+    """The key is in a state that does not allow the change (revoked, already rotated)."""
 
 
 class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,14 +84,104 @@ class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
     # The first characters of the key, shown in listings and logs to tell keys apart.
     prefix: str
     created_at: datetime
-    # Only "active" resolves. Revocation (a later issue) writes another state, which this
-    # version then already refuses.
+    # "active" or "revoked"; a rotated key stays "active" until ``expires_at``.
     state: str = ACTIVE
-    # Copied onto each key so a lookup is one HGETALL; the plans issue will keep it in step.
-    plan: str = "free"
+    plan: str = DEFAULT_PLAN
+    # Events per second and burst. Records written by version 0.1 have neither: free limits.
+    rate: int | None = None
+    burst: int | None = None
+    # Epoch seconds (the rate-limit script compares it with Redis TIME): set by a rotation,
+    # after which the key is refused.
+    expires_at: float | None = None
+    revoked_at: datetime | None = None
+    # The prefix of the key a rotation made to replace this one, and the reverse.
+    replaced_by: str | None = None
+    replaces: str | None = None
+    # Epoch seconds of the last request, written by the rate-limit script (to the second).
+    last_used: int | None = None
 
-    def to_source(self) -> Source:
-        return Source(id=self.source, name=self.source, key_prefix=self.prefix, plan=self.plan)
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            plan=self.plan,
+            rate=self.rate if self.rate is not None else FREE.rate or 0,
+            burst=self.burst if self.burst is not None else FREE.burst or 0,
+        )
+
+    def state_at(self, now: float) -> KeyState:
+        """The key's state at epoch seconds ``now``, telling a rotated key's grace apart."""
+        if self.state != ACTIVE:
+            return "revoked"
+        if self.expires_at is None:
+            return "active"
+        return "expiring" if now < self.expires_at else "expired"
+
+    def accepts(self, now: float) -> bool:
+        return self.state_at(now) in ("active", "expiring")
+
+    def to_source(self, digest: str) -> WriteKeySource:
+        return WriteKeySource(
+            id=self.source,
+            name=self.source,
+            key_prefix=self.prefix,
+            plan=self.plan,
+            key_hash=digest,
+        )
+
+
+class WriteKeySource(Source, frozen=True, kw_only=True):
+    """The Source a write key opens, carrying the key's hash so ``admit_events`` finds its record.
+
+    The hash names the key's record in Redis; it is not the key and cannot be used as one.
+    """
+
+    key_hash: str = ""
+
+    def __repr__(self) -> str:
+        # Kept out of reprs (and so out of logs and tracebacks) like every other key detail.
+        return (
+            f"WriteKeySource(id={self.id!r}, name={self.name!r}, "
+            f"key_prefix={self.key_prefix!r}, plan={self.plan!r})"
+        )
+
+
+class KeyInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A key as listings and the admin API show it: never the key, never its hash."""
+
+    prefix: str
+    source: str
+    plan: str
+    rate: int
+    burst: int
+    state: KeyState
+    created_at: datetime
+    last_used_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    replaced_by: str | None = None
+    replaces: str | None = None
+
+    @classmethod
+    def of(cls, record: KeyRecord, now: float | None = None) -> KeyInfo:
+        limits = record.limits
+        return cls(
+            prefix=record.prefix,
+            source=record.source,
+            plan=record.plan,
+            rate=limits.rate,
+            burst=limits.burst,
+            state=record.state_at(time.time() if now is None else now),
+            created_at=record.created_at,
+            last_used_at=_from_epoch(record.last_used),
+            expires_at=_from_epoch(record.expires_at),
+            revoked_at=record.revoked_at,
+            replaced_by=record.replaced_by,
+            replaces=record.replaces,
+        )
+
+
+def _from_epoch(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
 def hash_key(plaintext: str) -> str:
@@ -95,16 +205,54 @@ def _text(value: bytes | str) -> str:
 def _decode_record(raw: dict[Any, Any]) -> KeyRecord | None:
     if not raw:
         return None
-    # Fields written by later versions are ignored, so an older process still reads the record.
+    # Fields written by later versions (and the limiter's `tat`) are ignored, so an older
+    # process still reads the record.
     return msgspec.convert({_text(k): _text(v) for k, v in raw.items()}, KeyRecord, strict=False)
 
 
-class KeyStore:
-    """Creates, lists and resolves write keys; ``authenticate`` caches answers in process.
+def _encode_record(record: KeyRecord) -> dict[str, Any]:
+    # Redis hashes cannot hold None: an unset field is an absent one.
+    return {k: v for k, v in msgspec.to_builtins(record).items() if v is not None}
 
-    The cache keeps the request path at zero Redis round trips for a key seen within ``ttl``
-    seconds, and one round trip otherwise, however many keys a request offers. Its short TTL is
-    what lets a revoked key stop working within about a second without any invalidation message.
+
+def _display_prefix(reference: str) -> str:
+    """A prefix as an operator may type it: with or without the "..." listings append."""
+    return reference.strip().removesuffix("...").removesuffix("…")
+
+
+# Changes a key's fields only while it is active (and, for a rotation, not yet rotated), so
+# concurrent revokes and rotations cannot undo each other. One key only: fine on Redis Cluster.
+# KEYS[1]: record; ARGV[1]: "active" or "unrotated"; ARGV[2]: a field to delete, or "";
+# ARGV[3..]: field, value, ...
+# Returns 1 when changed, 0 when there is no such key, -1 when revoked, -2 when already rotated.
+UPDATE_SCRIPT = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 0 end
+if state ~= 'active' then return -1 end
+if ARGV[1] == 'unrotated' and redis.call('HEXISTS', KEYS[1], 'replaced_by') == 1 then
+  return -2
+end
+if ARGV[2] ~= '' then redis.call('HDEL', KEYS[1], ARGV[2]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+return 1
+"""
+
+
+class _Cached(msgspec.Struct, frozen=True):
+    # time.monotonic() after which the entry is stale
+    deadline: float
+    source: WriteKeySource | None
+    # Epoch seconds after which a rotated key is refused, or None.
+    key_expires_at: float | None = None
+
+
+class KeyStore:
+    """Creates, lists, changes and resolves write keys; ``authenticate`` caches answers.
+
+    While this process follows the ``P:keys:changes`` channel (``subscribed``, set by the
+    invalidation listener), a key's answer is cached for ``ttl`` seconds and dropped as soon as
+    the key changes anywhere. Otherwise it is cached for ``unsubscribed_ttl`` seconds, so a change
+    is still seen within about a second. Unknown keys are cached for ``negative_ttl``.
     """
 
     def __init__(
@@ -112,7 +260,8 @@ class KeyStore:
         redis: aioredis.Redis,
         key: Callable[..., str],
         *,
-        ttl: float = 1.0,
+        ttl: float = 60.0,
+        unsubscribed_ttl: float = 1.0,
         negative_ttl: float = 0.25,
         max_cached: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
@@ -120,15 +269,27 @@ class KeyStore:
         self.redis = redis
         self.key = key
         self.ttl = ttl
+        self.unsubscribed_ttl = unsubscribed_ttl
         self.negative_ttl = negative_ttl
         self.max_cached = max_cached
         self.clock = clock
-        # digest -> (expires at, Source or None); keyed by digest so no plaintext is kept.
-        self._cache: dict[str, tuple[float, Source | None]] = {}
+        # Set by the invalidation listener while it is subscribed to the changes channel.
+        self.subscribed = False
+        # digest -> answer; keyed by digest so no plaintext is kept.
+        self._cache: dict[str, _Cached] = {}
+        # Bumped on every invalidation: an answer read from Redis before an invalidation that
+        # arrived while it was in flight is not cached.
+        self._generation = 0
+        self.limiter = RateLimiter(redis, self._record_key)
+        self._update = redis.register_script(UPDATE_SCRIPT)
 
     @classmethod
     def for_runtime(cls, runtime: Runtime, **options: Any) -> KeyStore:
         return cls(runtime.redis, runtime.key, **options)
+
+    @property
+    def changes_channel(self) -> str:
+        return self.key("keys", "changes")
 
     def _record_key(self, digest: str) -> str:
         return self.key("keys", digest)
@@ -136,39 +297,257 @@ class KeyStore:
     def _source_keys_key(self, source_name: str) -> str:
         return self.key("sources", source_name, "keys")
 
-    # --- writing and listing ------------------------------------------------------------------
+    def _prefix_index_key(self) -> str:
+        return self.key("key-prefixes")
 
-    async def create(self, source_name: str) -> tuple[str, KeyRecord]:
-        """A new key for ``source_name``: the plaintext (show it once) and its stored record."""
+    # --- creating ----------------------------------------------------------------------------
+
+    async def create(
+        self,
+        source_name: str,
+        *,
+        plan: str = DEFAULT_PLAN,
+        rate: int | None = None,
+        burst: int | None = None,
+        replaces: str | None = None,
+    ) -> tuple[str, KeyRecord]:
+        """A new key for ``source_name``: the plaintext (show it once) and its stored record.
+
+        Raises ``InvalidSourceName`` or ``plans.InvalidPlan`` before writing anything.
+        """
         check_source_name(source_name)
-        plaintext = KEY_PREFIX + secrets.token_urlsafe(KEY_RANDOM_BYTES)
-        digest = hash_key(plaintext)
+        limits = limits_for(plan, rate, burst)
+        plaintext, digest = await self._new_key()
         record = KeyRecord(
             source=source_name,
             prefix=plaintext[:DISPLAY_PREFIX_LENGTH],
             created_at=datetime.now(UTC),
+            plan=limits.plan,
+            rate=limits.rate,
+            burst=limits.burst,
+            replaces=replaces,
         )
         # One MULTI, so a key is never usable without being listed (and so revocable).
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._record_key(digest), mapping=msgspec.to_builtins(record))
+            pipe.hset(self._record_key(digest), mapping=_encode_record(record))
             pipe.sadd(self._source_keys_key(source_name), digest)
             pipe.sadd(self.key("source-names"), source_name)
+            # A process that was asked for this key a moment ago remembers "unknown".
+            pipe.publish(self.changes_channel, digest)
             await pipe.execute()
-        self._cache.pop(digest, None)
-        log.info("created write key %s... for source %r", record.prefix, source_name)
+        self.forget(digest)
+        log.info(
+            "created write key %s... for source %r (plan %s)", record.prefix, source_name, plan
+        )
         return plaintext, record
 
-    async def list(self) -> list[KeyRecord]:
-        """Every key's record, by source then age; the records hold no key and no hash."""
-        names = sorted(_text(n) for n in await self.redis.smembers(self.key("source-names")))
+    async def _new_key(self) -> tuple[str, str]:
+        """A fresh key and its hash, with a display prefix no other key has."""
+        while True:
+            plaintext = KEY_PREFIX + secrets.token_urlsafe(KEY_RANDOM_BYTES)
+            digest = hash_key(plaintext)
+            # 42 random bits in the prefix make a clash rare, never impossible: claim it first.
+            if await self.redis.hsetnx(
+                self._prefix_index_key(), plaintext[:DISPLAY_PREFIX_LENGTH], digest
+            ):
+                return plaintext, digest
+
+    # --- listing and finding -----------------------------------------------------------------
+
+    async def list(self, source_name: str | None = None) -> list[KeyRecord]:
+        """Every key's record (or one source's), by source then age; no key and no hash."""
+        return [record for _digest, record in await self._records(source_name)]
+
+    async def infos(self, source_name: str | None = None) -> list[KeyInfo]:
+        now = time.time()
+        return [KeyInfo.of(record, now) for record in await self.list(source_name)]
+
+    async def _records(self, source_name: str | None = None) -> list[tuple[str, KeyRecord]]:
+        if source_name is not None:
+            names = [source_name]
+        else:
+            names = sorted(_text(n) for n in await self.redis.smembers(self.key("source-names")))
         if not names:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
             pipe.smembers(self._source_keys_key(name))
         digests = [_text(d) for members in await pipe.execute() for d in members]
-        records = [r for r in await self._fetch(digests) if r is not None]
-        return sorted(records, key=lambda r: (r.source, r.created_at))
+        found = [
+            (digest, record)
+            for digest, record in zip(digests, await self._fetch(digests), strict=True)
+            if record is not None
+        ]
+        return sorted(found, key=lambda pair: (pair[1].source, pair[1].created_at))
+
+    async def find(self, reference: str) -> tuple[str, KeyRecord]:
+        """The hash and record of the key named by its listed prefix (or by the whole key).
+
+        Raises ``KeyNotFound`` naming how to list the keys.
+        """
+        reference = reference.strip()
+        if len(reference) > DISPLAY_PREFIX_LENGTH + 3 and reference.startswith(KEY_PREFIX):
+            digest: str | None = hash_key(reference)
+            shown = reference[:DISPLAY_PREFIX_LENGTH]
+        else:
+            shown = _display_prefix(reference)
+            raw = await self.redis.hget(self._prefix_index_key(), shown)
+            digest = _text(raw) if raw is not None else None
+            if digest is None:
+                # Keys made by version 0.1 are not in the prefix index: look through the listing.
+                matches = [d for d, r in await self._records() if r.prefix == shown]
+                digest = matches[0] if len(matches) == 1 else None
+        if digest is not None:
+            (record,) = await self._fetch([digest])
+            if record is not None:
+                return digest, record
+        raise KeyNotFound(
+            f"no write key {shown}...; list the keys and their prefixes with "
+            f"`signalsmith keys list` (or GET /api/v1/admin/keys)"
+        )
+
+    async def info(self, reference: str) -> KeyInfo:
+        _digest, record = await self.find(reference)
+        return KeyInfo.of(record)
+
+    # --- changing ----------------------------------------------------------------------------
+
+    async def revoke(self, reference: str) -> KeyRecord:
+        """Refuse the key from now on, on every collector. Revoking a revoked key changes nothing."""
+        digest, record = await self.find(reference)
+        changed = await self._change(
+            digest, "active", state=REVOKED, revoked_at=datetime.now(UTC).isoformat()
+        )
+        if changed == -1:
+            return record
+        self._check_changed(changed, record)
+        log.info("revoked write key %s... of source %r", record.prefix, record.source)
+        return await self._reread(digest)
+
+    async def rotate(
+        self, reference: str, grace_seconds: float = DEFAULT_GRACE_SECONDS
+    ) -> tuple[str, KeyRecord, KeyRecord]:
+        """A new key for the same source and limits; the old one works ``grace_seconds`` more.
+
+        Returns the new key's plaintext (show it once), its record and the old key's record.
+        """
+        if grace_seconds < 0:
+            raise ValueError(f"a grace period is 0 seconds or more, not {grace_seconds}")
+        digest, old = await self.find(reference)
+        if old.state_at(time.time()) != "active":
+            raise KeyConflict(self._conflict(old, "rotate"))
+        limits = old.limits
+        # Only a plan without fixed limits (enterprise) takes the key's own rate and burst.
+        own = PLANS[limits.plan].rate is None if limits.plan in PLANS else False
+        plaintext, new = await self.create(
+            old.source,
+            plan=limits.plan,
+            rate=limits.rate if own else None,
+            burst=limits.burst if own else None,
+            replaces=old.prefix,
+        )
+        # Redis's clock: the rate-limit script compares the deadline with Redis TIME.
+        seconds, microseconds = await self.redis.time()
+        expires_at = seconds + microseconds / 1_000_000 + grace_seconds
+        changed = await self._change(
+            digest, "unrotated", expires_at=repr(expires_at), replaced_by=new.prefix
+        )
+        if changed != 1:
+            # Someone revoked or rotated the old key meanwhile: take back the key we made.
+            await self._discard(hash_key(plaintext), new)
+            self._check_changed(changed, old)
+        log.info(
+            "rotated write key %s... of source %r to %s... (old key accepted for %s s more)",
+            old.prefix,
+            old.source,
+            new.prefix,
+            grace_seconds,
+        )
+        return plaintext, new, await self._reread(digest)
+
+    async def set_plan(
+        self, reference: str, plan: str, *, rate: int | None = None, burst: int | None = None
+    ) -> KeyRecord:
+        """Move the key to ``plan`` (enterprise: with its own rate and burst), at once."""
+        limits = limits_for(plan, rate, burst)
+        digest, record = await self.find(reference)
+        if not record.accepts(time.time()):
+            raise KeyConflict(self._conflict(record, "change the plan of"))
+        # The limiter's state is dropped with the old plan: measured against the new rate, the
+        # old plan's debt would mean something else (a key just upgraded from free would get
+        # nothing for 5 s). So the key starts its new plan with a full burst.
+        changed = await self._change(
+            digest,
+            "active",
+            delete="tat",
+            plan=limits.plan,
+            rate=limits.rate,
+            burst=limits.burst,
+        )
+        self._check_changed(changed, record)
+        log.info(
+            "write key %s... of source %r is now on plan %s (%d events/s, bursts of %d)",
+            record.prefix,
+            record.source,
+            limits.plan,
+            limits.rate,
+            limits.burst,
+        )
+        return await self._reread(digest)
+
+    async def _change(self, digest: str, condition: str, *, delete: str = "", **fields: Any) -> int:
+        """Set ``fields`` on an active key and tell every collector; see UPDATE_SCRIPT."""
+        args: list[Any] = [condition, delete]
+        for name, value in fields.items():
+            args += [name, value]
+        changed = int(await self._update(keys=[self._record_key(digest)], args=args))
+        if changed == 1:
+            await self.redis.publish(self.changes_channel, digest)
+            self.forget(digest)
+        return changed
+
+    def _check_changed(self, changed: int, record: KeyRecord) -> None:
+        if changed == 1:
+            return
+        if changed == 0:
+            raise KeyNotFound(
+                f"write key {record.prefix}... was deleted meanwhile; list the keys with "
+                "`signalsmith keys list`"
+            )
+        raise KeyConflict(
+            self._conflict(
+                msgspec.structs.replace(record, state=REVOKED if changed == -1 else record.state),
+                "change",
+            )
+        )
+
+    def _conflict(self, record: KeyRecord, action: str) -> str:
+        state = record.state_at(time.time())
+        if state == "revoked":
+            return (
+                f"cannot {action} write key {record.prefix}...: it is revoked; create a new "
+                f"one with `signalsmith keys create --source {record.source}`"
+            )
+        if record.replaced_by:
+            return (
+                f"cannot {action} write key {record.prefix}...: it was rotated and is "
+                f"{state}; work with the key that replaced it, {record.replaced_by}..."
+            )
+        return f"cannot {action} write key {record.prefix}...: it is {state}"
+
+    async def _discard(self, digest: str, record: KeyRecord) -> None:
+        """Remove a key that was never shown to anyone."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._record_key(digest))
+            pipe.srem(self._source_keys_key(record.source), digest)
+            pipe.hdel(self._prefix_index_key(), record.prefix)
+            await pipe.execute()
+
+    async def _reread(self, digest: str) -> KeyRecord:
+        (record,) = await self._fetch([digest])
+        if record is None:
+            raise KeyNotFound("the write key was deleted meanwhile; list the keys again")
+        return record
 
     # --- resolving ----------------------------------------------------------------------------
 
@@ -185,55 +564,96 @@ class KeyStore:
             raws = await pipe.execute()
         return [_decode_record(raw) for raw in raws]
 
-    async def lookup(self, plaintext: str) -> Source | None:
-        """The source an active key opens, read from Redis now (no cache); None if unknown."""
+    async def lookup(self, plaintext: str) -> WriteKeySource | None:
+        """The source a key opens, read from Redis now (no cache); None if unknown or refused."""
         if not plaintext or len(plaintext) > MAX_KEY_LENGTH:
             return None
-        (record,) = await self._fetch([hash_key(plaintext)])
-        return record.to_source() if record is not None and record.state == ACTIVE else None
+        digest = hash_key(plaintext)
+        (record,) = await self._fetch([digest])
+        if record is None or not record.accepts(time.time()):
+            return None
+        return record.to_source(digest)
 
-    async def authenticate(self, write_keys: Iterable[str]) -> Source | None:
+    async def authenticate(self, write_keys: Iterable[str]) -> WriteKeySource | None:
         """The source of the first key in ``write_keys`` that resolves, or None.
 
         Answers come from the in-process cache when fresh; all other candidates are read in a
         single round trip.
         """
         now = self.clock()
+        wall = time.time()
         # dict.fromkeys drops repeated keys while keeping the order they should be tried in.
         digests = list(
             dict.fromkeys(hash_key(k) for k in write_keys if k and len(k) <= MAX_KEY_LENGTH)
         )
-        answers: dict[str, Source | None] = {}
+        answers: dict[str, WriteKeySource | None] = {}
         missing: list[str] = []
         for digest in digests:
             cached = self._cache.get(digest)
-            if cached is not None and cached[0] > now:
-                answers[digest] = cached[1]
-                if cached[1] is not None and not missing:
+            if cached is not None and cached.deadline > now:
+                source = cached.source
+                if cached.key_expires_at is not None and wall >= cached.key_expires_at:
+                    source = None  # a rotated key whose grace ended while it was cached
+                answers[digest] = source
+                if source is not None and not missing:
                     # An earlier candidate can no longer win: no need to ask Redis at all.
-                    return cached[1]
+                    return source
             else:
                 missing.append(digest)
         if missing:
-            for digest, record in zip(missing, await self._fetch(missing), strict=True):
-                source = record.to_source() if record and record.state == ACTIVE else None
+            generation = self._generation
+            records = await self._fetch(missing)
+            for digest, record in zip(missing, records, strict=True):
+                accepted = record is not None and record.accepts(wall)
+                source = record.to_source(digest) if record is not None and accepted else None
                 answers[digest] = source
-                self._remember(digest, source, now)
+                if generation == self._generation:
+                    self._remember(
+                        digest, source, now, record.expires_at if record is not None else None
+                    )
         for digest in digests:
             source = answers[digest]
             if source is not None:
                 return source
         return None
 
-    def _remember(self, digest: str, source: Source | None, now: float) -> None:
+    async def admit(self, source: WriteKeySource, count: int) -> Decision:
+        """Check the key again and take ``count`` events from its bucket: one round trip."""
+        decision = await self.limiter.admit(source.key_hash, count)
+        if decision.outcome in ("unknown", "revoked", "expired"):
+            # Refused by Redis while this process still had it cached: the invalidation
+            # message is on its way, but there is no need to wait for it.
+            self.forget(source.key_hash)
+        return decision
+
+    def _remember(
+        self,
+        digest: str,
+        source: WriteKeySource | None,
+        now: float,
+        key_expires_at: float | None,
+    ) -> None:
         if len(self._cache) >= self.max_cached:
             # Bounded, so a client spraying random keys cannot grow the process: drop what has
             # expired, and everything if that is not enough (a cold cache costs one round trip).
-            self._cache = {d: e for d, e in self._cache.items() if e[0] > now}
+            self._cache = {d: e for d, e in self._cache.items() if e.deadline > now}
             if len(self._cache) >= self.max_cached:
                 self._cache.clear()
-        ttl = self.ttl if source is not None else self.negative_ttl
-        self._cache[digest] = (now + ttl, source)
+        if source is None:
+            ttl = self.negative_ttl
+        else:
+            ttl = self.ttl if self.subscribed else self.unsubscribed_ttl
+        self._cache[digest] = _Cached(now + ttl, source, key_expires_at)
+
+    def forget(self, digest: str) -> None:
+        """Drop one key's cached answer (it changed)."""
+        self._generation += 1
+        self._cache.pop(digest, None)
+
+    def forget_all(self) -> None:
+        """Drop every cached answer (changes may have been missed)."""
+        self._generation += 1
+        self._cache.clear()
 
 
 # --- per-process wiring -----------------------------------------------------------------------
