@@ -10,19 +10,21 @@ Layout (``P`` is ``Settings.key_prefix``):
 - ``P:dlq:<sink>``: a sink's dead-letter stream.
 - one consumer group per sink on ``P:events``, named after the sink.
 
-Appends from concurrent requests are coalesced into one pipelined round trip; each request is
-answered only after Redis has confirmed its own entry.
+Appends from concurrent requests are coalesced into one pipelined round trip (auto-pipelining,
+``signalsmith.autopipeline``); each request is answered only after Redis has confirmed its own
+entry.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
+import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from signalsmith.autopipeline import AutoPipelineRedis
 from signalsmith.model import Event, event_list_encoder
 
 log = logging.getLogger("signalsmith.buffer")
@@ -31,7 +33,8 @@ FORMAT_VERSION = b"1"
 
 # Atomically: refuse when the backlog is over its cap, mark each messageId as seen (SET NX EX),
 # and append one entry holding the events, listing the duplicates so consumers skip them.
-# KEYS[1] stream; ARGV: cap, ttl, seen-prefix, source, payload, count, id1..idN.
+# KEYS[1] stream; ARGV: cap, ttl, seen-prefix, source, payload, count, ids (a msgpack array:
+# one argument instead of one per id, which costs redis-py ~2 µs an argument to pack).
 # Returns -1 when over the cap, else the list of duplicate indexes (0-based) in the payload.
 APPEND_SCRIPT = """
 local stream = KEYS[1]
@@ -42,9 +45,10 @@ end
 local ttl = ARGV[2]
 local prefix = ARGV[3]
 local n = tonumber(ARGV[6])
+local ids = cmsgpack.unpack(ARGV[7])
 local dups = {}
 for i = 1, n do
-  if not redis.call('SET', prefix .. ARGV[6 + i], '1', 'NX', 'EX', ttl) then
+  if not redis.call('SET', prefix .. ids[i], '1', 'NX', 'EX', ttl) then
     dups[#dups + 1] = i - 1
   end
 end
@@ -72,6 +76,9 @@ class BacklogFull(BufferUnavailable):
     """The stream holds more unprocessed entries than its cap: the sinks are behind."""
 
 
+_ids_encoder = msgspec.msgpack.Encoder()
+
+
 def stream_key(prefix: str) -> str:
     return f"{prefix}:events"
 
@@ -82,14 +89,6 @@ def dead_letter_key(prefix: str, sink_name: str) -> str:
 
 def seen_key_prefix(prefix: str) -> str:
     return f"{prefix}:seen:"
-
-
-class _PendingAppend:
-    __slots__ = ("args", "future")
-
-    def __init__(self, args: list[object], future: asyncio.Future[object]) -> None:
-        self.args = args
-        self.future = future
 
 
 class EventBuffer:
@@ -108,6 +107,15 @@ class EventBuffer:
         retry_after_seconds: int = 5,
     ) -> None:
         self.redis = redis
+        # Appends are coalesced by an auto-pipelining client: the collector's own (so an append
+        # shares its round trip with the other requests' commands, rate-limit scripts included),
+        # or one made here on the given client's connections.
+        self._owns_pipeliner = not isinstance(redis, AutoPipelineRedis)
+        self._pipeliner: AutoPipelineRedis = (
+            AutoPipelineRedis(connection_pool=redis.connection_pool)
+            if self._owns_pipeliner
+            else redis  # type: ignore[assignment]
+        )
         self.key_prefix = key_prefix
         self.stream = stream_key(key_prefix)
         self._seen_prefix = seen_key_prefix(key_prefix)
@@ -115,10 +123,9 @@ class EventBuffer:
         self._dedupe_ttl = dedupe_ttl_seconds
         self._max_pending = max_pending_appends
         self._retry_after = retry_after_seconds
-        self._script = redis.register_script(self.script_source)
-        self._pending: list[_PendingAppend] = []
-        self._wake = asyncio.Event()
-        self._flusher: asyncio.Task[None] | None = None
+        self._sha = redis.register_script(self.script_source).sha
+        # Appends sent and not yet answered.
+        self._waiting = 0
 
     async def append(self, source_id: str, events: Sequence[Event]) -> list[int]:
         """Buffer ``events`` as one stream entry; return the indexes that were duplicates.
@@ -128,16 +135,18 @@ class EventBuffer:
         """
         if not events:
             return []
-        if len(self._pending) >= self._max_pending:
+        if self._waiting >= self._max_pending:
             raise BufferUnavailable(
                 "too many appends are waiting for Redis", retry_after=self._retry_after
             )
         args = self._script_args(source_id, events)
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._pending.append(_PendingAppend(args, future))
-        self._ensure_flusher()
-        self._wake.set()
-        result = await future
+        # Encoded: the caller may let the events go before the round trip (see Pipeline.ingest).
+        del events
+        self._waiting += 1
+        try:
+            result = await self._run_script(args)
+        finally:
+            self._waiting -= 1
         if result == -1:
             raise BacklogFull(
                 f"the event backlog is over its cap of {self._backlog_max} entries; "
@@ -154,58 +163,29 @@ class EventBuffer:
             source_id,
             event_list_encoder.encode(events),
             len(events),
-            *(event.message_id for event in events),
+            _ids_encoder.encode([event.message_id for event in events]),
         ]
 
-    def _ensure_flusher(self) -> None:
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self._flush(batch)
-
-    async def _flush(self, batch: list[_PendingAppend]) -> None:
-        try:
-            if len(batch) == 1:
-                results = [await self._run_script(batch[0].args)]
-            else:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for item in batch:
-                        # Queues EVALSHA on the pipeline (the script is loaded on first use).
-                        await self._script(keys=[self.stream], args=item.args, client=pipe)
-                    results = await pipe.execute(raise_on_error=False)
-        except Exception as error:  # every waiting request must be answered, whatever failed
-            log.warning("redis append failed for %d requests: %s", len(batch), error)
-            failure = BufferUnavailable(
-                f"the event buffer (Redis) is unreachable: {error}", retry_after=self._retry_after
-            )
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(failure)
-            return
-        for item, result in zip(batch, results, strict=True):
-            if item.future.done():
-                continue
-            if isinstance(result, Exception):
-                item.future.set_exception(
-                    BufferUnavailable(
-                        f"the event buffer (Redis) refused the append: {result}",
-                        retry_after=self._retry_after,
-                    )
-                )
-            else:
-                item.future.set_result(result)
-
     async def _run_script(self, args: list[object]) -> object:
+        """EVALSHA the append script; a Redis that lost it (restart, SCRIPT FLUSH) answers
+        NOSCRIPT having done nothing, so the append is sent again once the script is loaded."""
+        command = ("EVALSHA", self._sha, 1, self.stream, *args)
         try:
-            return await self._script(keys=[self.stream], args=args)
+            try:
+                return await self._pipeliner.execute_command(*command)
+            except NoScriptError:
+                await self._pipeliner.script_load(self.script_source)
+                return await self._pipeliner.execute_command(*command)
         except ResponseError as error:
-            return error
+            raise BufferUnavailable(
+                f"the event buffer (Redis) refused the append: {error}",
+                retry_after=self._retry_after,
+            ) from error
+        except (RedisError, OSError) as error:
+            log.warning("redis append failed: %s", error)
+            raise BufferUnavailable(
+                f"the event buffer (Redis) is unreachable: {error}", retry_after=self._retry_after
+            ) from error
 
     async def backlog(self) -> int:
         """Entries in the stream not yet trimmed (trimming follows the slowest sink)."""
@@ -222,16 +202,6 @@ class EventBuffer:
         return True, f"backlog {backlog} of {self._backlog_max}"
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            try:
-                await self._flusher
-            except (asyncio.CancelledError, Exception):
-                pass
-            self._flusher = None
-        for item in self._pending:
-            if not item.future.done():
-                item.future.set_exception(
-                    BufferUnavailable("the collector is shutting down", retry_after=1)
-                )
-        self._pending = []
+        """Stop the coalescing this buffer started itself (the connections are the caller's)."""
+        if self._owns_pipeliner:
+            await self._pipeliner.stop()

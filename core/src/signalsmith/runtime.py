@@ -10,6 +10,7 @@ from typing import Any, Literal
 import pluggy
 import redis.asyncio as aioredis
 
+from signalsmith.autopipeline import AutoPipelineRedis
 from signalsmith.config import Settings
 from signalsmith.plugins import (
     build_plugin_manager,
@@ -50,9 +51,14 @@ class Runtime:
         return ":".join((self.settings.key_prefix, *parts))
 
 
-def connect_redis(url: str) -> aioredis.Redis:
-    """An async client with timeouts, so an unreachable Redis fails fast into a 503."""
-    return aioredis.Redis.from_url(
+def connect_redis(url: str, *, auto_pipeline: bool = False) -> aioredis.Redis:
+    """An async client with timeouts, so an unreachable Redis fails fast into a 503.
+
+    ``auto_pipeline`` makes concurrent commands share round trips (``signalsmith.autopipeline``);
+    processes that answer requests use it, since every request awaits Redis more than once.
+    """
+    client_class = AutoPipelineRedis if auto_pipeline else aioredis.Redis
+    return client_class.from_url(
         url,
         socket_connect_timeout=2,
         socket_timeout=5,
@@ -93,7 +99,11 @@ async def start_runtime(
         settings=settings,
         pm=pm,
         role=role,
-        redis=redis if redis is not None else connect_redis(settings.redis_url or ""),
+        redis=redis
+        if redis is not None
+        else connect_redis(
+            settings.redis_url or "", auto_pipeline=role in ("collector", "embedded")
+        ),
         sinks=sinks,
         transforms=transforms,
     )

@@ -27,11 +27,17 @@ from signalsmith.runtime import plugin_manager_for, start_runtime, stop_runtime
 log = logging.getLogger("signalsmith.server")
 
 
-def granian_server(settings: Settings) -> Granian:
-    """The Granian server for the collector; bench/ runs its baseline with these same flags."""
+def granian_server(
+    settings: Settings, target: str = "signalsmith.app:create_app", *, factory: bool = True
+) -> Granian:
+    """The Granian server for the collector.
+
+    ``bench/`` serves its bare baseline app through this same function (another ``target``), so
+    the baseline and the collector cannot drift apart in server flags.
+    """
     return Granian(
-        "signalsmith.app:create_app",
-        factory=True,
+        target,
+        factory=factory,
         address=settings.host,
         port=settings.port,
         interface=Interfaces.ASGI,

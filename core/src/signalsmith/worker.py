@@ -31,12 +31,14 @@ from typing import Any, TypeVar
 import msgspec
 import pluggy
 import redis.asyncio as aioredis
+import uvloop
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from signalsmith.buffer import FORMAT_VERSION, dead_letter_key, stream_key
 from signalsmith.config import Settings
+from signalsmith.gc_tuning import tune_gc
 from signalsmith.model import Event, event_list_decoder, event_list_encoder
 from signalsmith.plugins import (
     PluginConfigError,
@@ -817,13 +819,16 @@ def run_worker(settings: Settings, only: Sequence[str] | None = None) -> None:
     (whatever was not acknowledged is redelivered later).
     """
     try:
-        asyncio.run(_run_until_signalled(settings, only))
+        # uvloop, as the collector's Granian workers use: the worker's Redis and HTTP I/O is
+        # event-loop bound too (uvloop comes with granian[uvloop], a core dependency).
+        uvloop.run(_run_until_signalled(settings, only))
     except PluginConfigError as error:
         raise SystemExit(f"signalsmith worker: {error}") from None
 
 
 async def _run_until_signalled(settings: Settings, only: Sequence[str] | None) -> None:
     runtime = await start_runtime(settings, "worker")
+    tune_gc()
     try:
         worker = Worker(runtime, only)
         stop = asyncio.Event()

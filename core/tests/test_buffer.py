@@ -1,0 +1,66 @@
+"""EventBuffer: coalesced appends, one round trip per flush, and recovery from a script flush."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import redis.asyncio as aioredis
+
+from signalsmith.buffer import EventBuffer, stream_key
+from signalsmith.embedded import RedisServerProcess
+from signalsmith.model import Track, event_list_decoder
+
+
+def _events(*message_ids: str) -> list[Track]:
+    now = datetime.now(UTC)
+    return [
+        Track(message_id=m, received_at=now, timestamp=now, event="Order Completed", user_id="u")
+        for m in message_ids
+    ]
+
+
+def _buffer(redis: aioredis.Redis, prefix: str) -> EventBuffer:
+    return EventBuffer(redis, key_prefix=prefix, backlog_max_entries=0, dedupe_ttl_seconds=60)
+
+
+async def test_coalesced_appends_each_get_their_own_duplicates(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    buffer = _buffer(redis, key_prefix)
+    try:
+        first = await buffer.append("src", _events("a", "b"))
+        results = await asyncio.gather(
+            buffer.append("src", _events("b", "c")),
+            buffer.append("src", _events("d")),
+            buffer.append("src", _events("a", "b")),
+        )
+    finally:
+        await buffer.close()
+    assert first == []
+    assert results == [[0], [], [0, 1]]
+    entries = await redis.xrange(stream_key(key_prefix))
+    # An append whose events were all duplicates adds no entry.
+    assert len(entries) == 3
+    stored = [event_list_decoder.decode(fields[b"d"]) for _id, fields in entries]
+    assert [[e.message_id for e in events] for events in stored] == [["a", "b"], ["b", "c"], ["d"]]
+    assert entries[1][1][b"dup"] == b"0"
+
+
+async def test_appends_survive_a_script_flush(
+    redis_server_factory: Callable[..., RedisServerProcess],
+) -> None:
+    # A private server: flushing the scripts of a shared one would disturb other tests.
+    redis = aioredis.Redis.from_url(redis_server_factory().url)
+    buffer = _buffer(redis, "p")
+    try:
+        assert await buffer.append("src", _events("x")) == []
+        await redis.script_flush()
+        # Redis answers NOSCRIPT, having done nothing; the buffer loads the script and resends.
+        results = await asyncio.gather(*(buffer.append("src", _events(f"y{i}")) for i in range(5)))
+        assert results == [[]] * 5
+        assert await redis.xlen(stream_key("p")) == 6
+    finally:
+        await buffer.close()
+        await redis.aclose()
