@@ -724,7 +724,8 @@ def report(
         + ".",
         f"Command: `{meta['command']}` ({meta['rounds']} alternating rounds, {meta['seconds']:g} s "
         f"per run after {meta['warmup']:g} s of warm-up, a fresh server process per run; "
-        "median, with min-max in brackets).",
+        "median, with min-max in brackets). The last column is the CPU the rest of the machine "
+        "took during the runs: kernel work (the AOF's writeback, softirqs) and other users.",
         "",
     ]
     for placement in placements:
@@ -737,7 +738,7 @@ def report(
             "| scenario | collector / baseline | collector / coalesced baseline "
             "| target | events/s (max) | server CPU µs/event | Redis CPU µs/event | peak RSS MiB "
             "| fixed rate req/s | p50 / p99 / p99.9 ms at that rate | stored = accepted "
-            "| CPU used by other processes |",
+            "| CPU outside server, Redis, wrk |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for scenario in scenarios:

@@ -7,6 +7,7 @@ import gc
 # Collections of the youngest generation happen after this many net allocations (Python's default
 # is 700). See `tune_gc`.
 GC_YOUNG_THRESHOLD = 50_000
+_frozen = False
 
 
 def tune_gc() -> None:
@@ -21,7 +22,10 @@ def tune_gc() -> None:
     and a larger young threshold lets most request objects be freed by reference counting
     before any collection sees them. Cycles are still collected.
     """
-    gc.collect()
-    gc.freeze()
+    global _frozen
+    if not _frozen:  # once per process: what a later call would add is not startup heap
+        _frozen = True
+        gc.collect()
+        gc.freeze()
     _young, middle, old = gc.get_threshold()
     gc.set_threshold(max(_young, GC_YOUNG_THRESHOLD), middle, old)
