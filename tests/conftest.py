@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -142,3 +145,105 @@ def collector(
     return start_collector(
         redis_url=redis_url, key_prefix=key_prefix, write_keys={write_key: "src-system-test"}
     )
+
+
+# --- `signalsmith serve` on the embedded defaults ------------------------------------------------
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without any SIGNALSMITH_* setting: the embedded defaults."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("SIGNALSMITH_")}
+
+
+class EmbeddedServer:
+    """A `signalsmith serve` process on the embedded defaults, and the banner it printed."""
+
+    def __init__(self, process: subprocess.Popen[str], banner: str, port: int) -> None:
+        self.process = process
+        self.banner = banner
+        self.port = port
+
+    def field(self, label: str) -> str:
+        """The value the banner prints after ``label:``."""
+        match = re.search(rf"^\s*{re.escape(label)}:\s*(\S+)\s*$", self.banner, re.MULTILINE)
+        assert match, f"{label!r} not in the start banner:\n{self.banner}"
+        return match.group(1)
+
+    @property
+    def curl(self) -> str:
+        """The copy-paste `curl` the banner prints."""
+        lines = self.banner.splitlines()
+        index = next(i for i, line in enumerate(lines) if "Send a track event" in line)
+        return lines[index + 1].strip()
+
+    def stop(self) -> None:
+        """SIGTERM to the whole process group (Granian and its worker), SIGKILL if it lingers."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def start_embedded_server(
+    workdir: Path, port: int, extra_env: dict[str, str] | None = None
+) -> EmbeddedServer:
+    """Run `signalsmith serve` in ``workdir`` with no SIGNALSMITH_* setting (plus ``extra_env``);
+    return once it printed its banner and answers /healthz."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "signalsmith", "serve", "--port", str(port)],
+        cwd=workdir,
+        env={**clean_env(), **(extra_env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    banner: list[str] = []
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        banner.append(line)
+        if line.strip().startswith("curl "):
+            break
+    text = "".join(banner)
+    assert "curl " in text, f"serve did not print its banner:\n{text}"
+    # The collector answers once Granian has started its worker.
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return EmbeddedServer(process, text, port)
+
+
+@pytest.fixture
+def embedded_workdir() -> Iterator[Path]:
+    """A fresh, short directory: the embedded Redis listens on a unix socket under it."""
+    path = Path(tempfile.mkdtemp(prefix="ss-serve-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def embedded_server() -> Iterator[Callable[..., EmbeddedServer]]:
+    """Start embedded servers (``start_embedded_server``); any still running are stopped after."""
+    started: list[EmbeddedServer] = []
+
+    def start(workdir: Path, port: int, extra_env: dict[str, str] | None = None) -> EmbeddedServer:
+        server = start_embedded_server(workdir, port, extra_env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

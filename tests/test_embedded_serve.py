@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -29,91 +27,20 @@ from signalsmith.model import event_list_decoder
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl to run the banner")
 
 
-class Served:
-    def __init__(self, process: subprocess.Popen[str], banner: str, port: int) -> None:
-        self.process = process
-        self.banner = banner
-        self.port = port
-
-    def field(self, label: str) -> str:
-        match = re.search(rf"^\s*{re.escape(label)}:\s*(\S+)\s*$", self.banner, re.MULTILINE)
-        assert match, f"{label!r} not in the start banner:\n{self.banner}"
-        return match.group(1)
-
-    @property
-    def curl(self) -> str:
-        lines = self.banner.splitlines()
-        index = next(i for i, line in enumerate(lines) if "Send a track event" in line)
-        return lines[index + 1].strip()
-
-
-def _serve(workdir: Path, port: int) -> Served:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("SIGNALSMITH_")}
+def _file_sink_env(workdir: Path) -> dict[str, str]:
     # A destination that appends to a file shows the worker runs alongside the collector.
-    env["SIGNALSMITH_PLUGIN_MODULES"] = "signalsmith.testing.file_sink"
-    env["SIGNALSMITH_TEST_SINK_FILE"] = str(workdir / "delivered.jsonl")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "signalsmith", "serve", "--port", str(port)],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    banner: list[str] = []
-    deadline = time.monotonic() + 60
-    assert process.stdout is not None
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        banner.append(line)
-        if line.strip().startswith("curl "):
-            break
-    text = "".join(banner)
-    assert "curl " in text, f"serve did not print its banner:\n{text}"
-    # The collector answers once Granian has started its worker.
-    while time.monotonic() < deadline:
-        probe = subprocess.run(
-            [
-                "curl",
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                f"http://127.0.0.1:{port}/healthz",
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if probe.stdout == "200":
-            break
-        time.sleep(0.1)
-    return Served(process, text, port)
+    return {
+        "SIGNALSMITH_PLUGIN_MODULES": "signalsmith.testing.file_sink",
+        "SIGNALSMITH_TEST_SINK_FILE": str(workdir / "delivered.jsonl"),
+    }
 
 
-def _stop(served: Served) -> None:
-    os.killpg(served.process.pid, signal.SIGTERM)
-    try:
-        served.process.wait(timeout=30)
-    finally:
-        if served.process.poll() is None:
-            os.killpg(served.process.pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    # A short path: the embedded Redis listens on a unix socket under it (108-byte limit).
-    path = Path(tempfile.mkdtemp(prefix="ss-serve-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def test_serve_on_embedded_defaults_prints_a_working_curl(workdir: Path) -> None:
+def test_serve_on_embedded_defaults_prints_a_working_curl(
+    embedded_workdir: Path, embedded_server: Callable[..., Any]
+) -> None:
+    workdir = embedded_workdir
     port = free_port()
-    served = _serve(workdir, port)
+    served = embedded_server(workdir, port, _file_sink_env(workdir))
     try:
         assert f"SignalSmith collector on http://127.0.0.1:{port}" in served.banner
         write_key = served.field("Development write key")
@@ -150,7 +77,7 @@ def test_serve_on_embedded_defaults_prints_a_working_curl(workdir: Path) -> None
         [line] = delivered.read_text().splitlines()
         assert json.loads(line)["messageId"] == event.message_id
     finally:
-        _stop(served)
+        served.stop()
 
     # Everything it started is gone with it: the socket stops answering.
     assert not (workdir / ".signalsmith" / "redis" / "redis.sock").exists() or not _answers(
@@ -159,7 +86,7 @@ def test_serve_on_embedded_defaults_prints_a_working_curl(workdir: Path) -> None
 
     # A restart keeps the development key and the stream's state (append-only file): the
     # delivered event is remembered as delivered and is not delivered again.
-    served = _serve(workdir, port)
+    served = embedded_server(workdir, port, _file_sink_env(workdir))
     try:
         assert served.field("Development write key") == write_key
         assert served.field("Admin token") == admin_token
@@ -172,7 +99,7 @@ def test_serve_on_embedded_defaults_prints_a_working_curl(workdir: Path) -> None
         time.sleep(1)
         assert len(delivered.read_text().splitlines()) == 1
     finally:
-        _stop(served)
+        served.stop()
 
 
 def _answers(url: str) -> bool:
@@ -182,11 +109,11 @@ def _answers(url: str) -> bool:
         return False
 
 
-def test_worker_without_redis_url_explains_what_to_do(workdir: Path) -> None:
+def test_worker_without_redis_url_explains_what_to_do(embedded_workdir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALSMITH_")}
     result = subprocess.run(
         [sys.executable, "-m", "signalsmith", "worker"],
-        cwd=workdir,
+        cwd=embedded_workdir,
         env=env,
         capture_output=True,
         text=True,

@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import segment.analytics
 
@@ -31,61 +26,8 @@ from signalsmith.embedded import free_port
 DEADLINE_SECONDS = 30.0
 
 
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    # A short path: the embedded Redis listens on a unix socket under it (108-byte limit).
-    path = Path(tempfile.mkdtemp(prefix="ss-wh-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def clean_env() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if not key.startswith("SIGNALSMITH_")}
-
-
-def serve(workdir: Path, port: int) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "signalsmith", "serve", "--port", str(port)],
-        cwd=workdir,
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    assert process.stdout is not None
-    banner: list[str] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        banner.append(line)
-        if line.strip().startswith("curl "):
-            break
-    text = "".join(banner)
-    match = re.search(r"^\s*Development write key:\s*(\S+)\s*$", text, re.MULTILINE)
-    assert match, f"serve did not print a write key:\n{text}"
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    return process, match.group(1)
-
-
-def stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
 
 
 def sql(workdir: Path, query: str) -> subprocess.CompletedProcess[str]:
@@ -123,10 +65,12 @@ def rows_within(workdir: Path, query: str, count: int) -> tuple[list[dict[str, A
 
 
 def test_events_sent_with_analytics_python_are_readable_with_signalsmith_sql(
-    workdir: Path,
+    embedded_workdir: Path, embedded_server: Callable[..., Any]
 ) -> None:
+    workdir = embedded_workdir
     port = free_port()
-    process, write_key = serve(workdir, port)
+    server = embedded_server(workdir, port)
+    write_key = server.field("Development write key")
     user = f"user-{uuid.uuid4().hex[:8]}"
     try:
         errors: list[Exception] = []
@@ -187,7 +131,7 @@ def test_events_sent_with_analytics_python_are_readable_with_signalsmith_sql(
         refused = sql(workdir, "DROP TABLE tracks")
         assert refused.returncode == 1 and "read-only" in refused.stderr
     finally:
-        stop(process)
+        server.stop()
 
     # No server now: the command opens the embedded warehouse itself (the server let go of it).
     assert rows(workdir, "SELECT count() AS n FROM song_played") == [{"n": 2}]
