@@ -173,3 +173,49 @@ async def test_a_table_changed_behind_the_writer_is_seen(
     counts = [r["count"] for r in await rows(warehouse, "SELECT count FROM changed ORDER BY id")]
     assert counts == ["1", "2", "many"]
     assert await rows(warehouse, "SELECT * FROM discards") == []
+
+
+async def test_values_at_the_edges_of_their_types_land_exactly(
+    open_warehouse: OpenWarehouse,
+) -> None:
+    # Rows reach ClickHouse as JSON lines that it parses itself: every value must come back
+    # as it went in, to the last bit of a float and the last character of a string.
+    warehouse = await open_warehouse()
+    text = 'quote " backslash \\ nul \x00 tab \t newline \n é 😀 \u2028'
+    edges = {
+        "text": text,
+        "smallest": 5e-324,
+        "inexact": 0.1 + 0.2,
+        "huge": 1.7976931348623157e308,
+        "negative_zero": -0.0,
+        "int_max": 2**63 - 1,
+        "int_min": -(2**63),
+        "past_int64": 2**64,
+        "flag": False,
+        "at": "1969-07-20T20:17:40.999999-05:00",
+        "list": ["a", 1, None, {"b": True}],
+    }
+    event = track("Edges", edges)
+    await warehouse.write([event])
+
+    [row] = await rows(warehouse, "SELECT * FROM edges")
+    types = await column_types(warehouse, "edges")
+    assert row["text"] == text
+    assert row["smallest"] == 5e-324
+    assert row["inexact"] == 0.30000000000000004
+    assert row["huge"] == 1.7976931348623157e308
+    assert row["negative_zero"] == 0.0
+    assert (row["int_max"], row["int_min"]) == (str(2**63 - 1), str(-(2**63)))
+    assert types["int_max"] == "Nullable(Int64)"
+    # Past Int64 a number is a double, as JavaScript reads it.
+    assert types["past_int64"] == "Nullable(Float64)"
+    assert row["past_int64"] == float(2**64)
+    assert row["flag"] is False
+    # Timestamps keep milliseconds, in UTC; before 1970 too.
+    assert types["at"] == "Nullable(DateTime64(3, 'UTC'))"
+    assert row["at"] == "1969-07-21T01:17:40.999Z"
+    assert json.loads(row["list"]) == ["a", 1, None, {"b": True}]
+    [tracked] = await rows(warehouse, "SELECT received_at FROM tracks")
+    expected = event.received_at.astimezone(UTC).isoformat(timespec="milliseconds")
+    assert tracked["received_at"] == expected.replace("+00:00", "Z")
+    assert await rows(warehouse, "SELECT * FROM discards") == []

@@ -15,7 +15,7 @@ from typing import Any
 
 from signalsmith.model import Alias, Event, Group, Identify, Page, Screen, Track
 from signalsmith_warehouse_clickhouse.naming import column_name
-from signalsmith_warehouse_clickhouse.values import Value, infer
+from signalsmith_warehouse_clickhouse.values import infer, sent_as, text_of
 
 TIMESTAMP = "DateTime64(3, 'UTC')"
 # Microseconds: the version column of every table, so a later load of the same id wins.
@@ -63,7 +63,11 @@ def fixed_columns(table: str) -> dict[str, str]:
 
 @dataclass(slots=True)
 class Row:
-    """One row to write: its fixed columns, and the flattened context/properties/traits."""
+    """One row to write: its fixed columns, and the flattened context/properties/traits.
+
+    ``values`` hold each leaf as the client sent it (an array as a list); the warehouse checks
+    it against its column's kind, which for almost every value is one type check.
+    """
 
     table: str
     # The row's `id`: the messageId, or the user_id / group_id in users / accounts.
@@ -71,7 +75,7 @@ class Row:
     message_id: str
     received_at: datetime
     fixed: dict[str, Any]
-    values: dict[str, Value] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)
@@ -111,7 +115,7 @@ _tries: dict[str, _KeyNode] = {}
 _cached_keys = 0
 
 
-def flatten(obj: dict[str, Any], prefix: str = "") -> list[tuple[str, Value]]:
+def flatten(obj: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     """``(column, value)`` for every non-null leaf of ``obj``, in the client's key order.
 
     Objects are descended into (their keys joined with ``_``); past ``MAX_DEPTH`` levels the
@@ -124,13 +128,13 @@ def flatten(obj: dict[str, Any], prefix: str = "") -> list[tuple[str, Value]]:
     root = _tries.get(prefix)
     if root is None:
         root = _tries[prefix] = _KeyNode(())
-    found: list[tuple[str, Value]] = []
+    found: list[tuple[str, Any]] = []
     _flatten_into(obj, root, prefix, found)
     return found
 
 
 def _flatten_into(
-    obj: dict[str, Any], node: _KeyNode, prefix: str, found: list[tuple[str, Value]]
+    obj: dict[str, Any], node: _KeyNode, prefix: str, found: list[tuple[str, Any]]
 ) -> None:
     global _cached_keys
     children = node.children
@@ -142,21 +146,22 @@ def _flatten_into(
         if type(raw) is dict and len(child.path) < MAX_DEPTH:
             _flatten_into(raw, child, prefix, found)
             continue
-        value = infer(raw)
-        if value is not None:
+        if raw is not None:
             column = child.column
             if column is None:
                 column = child.column = column_name(child.path, prefix)
-            found.append((column, value))
+            found.append((column, raw))
 
 
-def put(row: Row, values: list[tuple[str, Value]], discards: list[Discard]) -> None:
+def put(row: Row, values: list[tuple[str, Any]], discards: list[Discard]) -> None:
     """Add flattened values to ``row``: a name taken by a fixed column or an earlier value of
     the same row is discarded (silently when it repeats the fixed column's own value)."""
     for name, value in values:
         if name in row.fixed:
             current = row.fixed[name]
-            if current is not None and (value.value == current or value.text == str(current)):
+            if current is not None and (
+                infer(value)[1] == current or text_of(value) == str(current)
+            ):
                 continue
             reason = "reserved_column"
         elif name in row.values:
@@ -169,8 +174,8 @@ def put(row: Row, values: list[tuple[str, Value]], discards: list[Discard]) -> N
                 table_name=row.table,
                 column_name=name,
                 row_id=row.row_id,
-                value=value.text,
-                value_type=value.sent_as,
+                value=text_of(value),
+                value_type=sent_as(value),
                 column_type="",
                 reason=reason,
                 received_at=row.received_at,
@@ -185,8 +190,8 @@ def event_rows(
     discards: list[Discard] = []
     # Flattened once and copied into each of the event's rows. No fixed column starts with
     # "context_", so only two context keys that snake-case alike can clash.
-    context: dict[str, Value] = {}
-    clashing: list[tuple[str, Value]] = []
+    context: dict[str, Any] = {}
+    clashing: list[tuple[str, Any]] = []
     if event.context:
         for name, value in flatten(event.context, "context_"):
             if name in context:
@@ -205,7 +210,7 @@ def event_rows(
         "loaded_at": loaded_at,
     }
 
-    def row(table: str, fixed: dict[str, Any], *extra: list[tuple[str, Value]]) -> Row:
+    def row(table: str, fixed: dict[str, Any], *extra: list[tuple[str, Any]]) -> Row:
         made = Row(table, event.message_id, event.message_id, event.received_at, fixed)
         made.values = dict(context)
         if clashing:
@@ -249,7 +254,7 @@ def _profile(
     row_id: str,
     event: Event,
     loaded_at: datetime,
-    traits: list[tuple[str, Value]],
+    traits: list[tuple[str, Any]],
     discards: list[Discard],
 ) -> Row:
     fixed: dict[str, Any] = {"id": row_id, "received_at": event.received_at, "loaded_at": loaded_at}

@@ -40,43 +40,7 @@ _MIN_YEAR, _MAX_YEAR = 1900, 2299
 _ISO_DATETIME = re.compile(
     r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d{1,9})?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?"
 )
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-
-
-class Value:
-    """One leaf value of an event: its kind, the value to insert, and what the client sent.
-
-    A plain slotted class, not a frozen dataclass: one is made per property per event, and
-    frozen dataclasses cost several times more to build.
-    """
-
-    __slots__ = ("kind", "raw", "sent_as", "value")
-
-    def __init__(self, kind: Kind, value: Any, raw: Any, sent_as: str) -> None:
-        self.kind = kind
-        self.value = value
-        # What the client sent (an array as its JSON text), rendered by ``text`` on demand.
-        self.raw = raw
-        # "array" for arrays (stored as JSON text), else the kind's name: what discards report.
-        self.sent_as = sent_as
-
-    @property
-    def text(self) -> str:
-        """The client's own rendering, for casts to string and for the discards table: the
-        original string for strings and timestamps, JSON text for everything else."""
-        raw = self.raw
-        if isinstance(raw, str):
-            return raw
-        if isinstance(raw, bool):
-            return "true" if raw else "false"
-        if isinstance(raw, int):
-            return str(raw)
-        if isinstance(raw, datetime):
-            return raw.isoformat()
-        return _json_text(raw)
-
-    def __repr__(self) -> str:
-        return f"Value({self.kind.name}, {self.value!r})"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def parse_timestamp(text: str) -> datetime | None:
@@ -107,41 +71,66 @@ def _json_text(value: Any) -> str:
     return msgspec.json.encode(value).decode()
 
 
-def infer(value: Any) -> Value | None:
-    """The ``Value`` for a leaf (not a dict); None for null, which creates and fills nothing."""
-    # Exact type checks first: this runs for every property of every event.
-    kind = type(value)
+def infer(raw: Any) -> tuple[Kind, Any]:
+    """The kind a leaf value (not null, not a dict) is inferred as, and its value in a column
+    of that kind: a parsed datetime for a timestamp, JSON text for an array."""
+    # Exact type checks first: this runs for every new column and every value that is not
+    # already of its column's own Python type.
+    kind = type(raw)
     if kind is str:
         # Cheap shape check before the regex: most strings are not date-times.
-        if len(value) >= 16 and value[4:5] == "-" and value[:4].isdigit():
-            parsed = parse_timestamp(value)
+        if len(raw) >= 16 and raw[4:5] == "-" and raw[:4].isdigit():
+            parsed = parse_timestamp(raw)
             if parsed is not None:
-                return Value(Kind.TIMESTAMP, parsed, value, "timestamp")
-        return Value(Kind.STRING, value, value, "string")
-    if value is None:
-        return None
+                return Kind.TIMESTAMP, parsed
+        return Kind.STRING, raw
     # bool before int: Python's bool is an int.
     if kind is bool:
-        return Value(Kind.BOOLEAN, value, value, "boolean")
+        return Kind.BOOLEAN, raw
     if kind is int:
-        if _INT64_MIN <= value <= _INT64_MAX:
-            return Value(Kind.INTEGER, value, value, "integer")
+        if INT64_MIN <= raw <= INT64_MAX:
+            return Kind.INTEGER, raw
         # Past Int64 a JSON number is only meaningful as a double (as in JavaScript).
-        return Value(Kind.FLOAT, float(value), value, "integer")
+        return Kind.FLOAT, float(raw)
     if kind is float:
-        return Value(Kind.FLOAT, value, value, "float")
-    if isinstance(value, list | tuple):
-        text = _json_text(value)
-        return Value(Kind.STRING, text, text, "array")
-    if isinstance(value, datetime):
-        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return Value(Kind.TIMESTAMP, aware.astimezone(UTC), aware, "timestamp")
+        return Kind.FLOAT, raw
+    if isinstance(raw, list | tuple):
+        return Kind.STRING, _json_text(raw)
+    if isinstance(raw, datetime):
+        aware = raw if raw.tzinfo else raw.replace(tzinfo=UTC)
+        return Kind.TIMESTAMP, aware.astimezone(UTC)
     # Subclasses of the plain types (IntEnum...), and anything else a plugin may have put in.
-    for plain in (int, float, str):
-        if isinstance(value, plain):
-            return infer(plain(value))
-    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else _json_text(value)
-    return Value(Kind.STRING, text, text, "string")
+    for plain in (bool, int, float, str):
+        if isinstance(raw, plain):
+            return infer(plain(raw))
+    return Kind.STRING, text_of(raw)
+
+
+def sent_as(raw: Any) -> str:
+    """What the client sent, as the discards table names it: "array" for arrays (stored as
+    JSON text), else the name of the kind it is inferred as."""
+    if isinstance(raw, list | tuple):
+        return "array"
+    kind, _ = infer(raw)
+    if kind is Kind.FLOAT and isinstance(raw, int):
+        return "integer"
+    return kind.value
+
+
+def text_of(raw: Any) -> str:
+    """The client's own rendering of a value, for casts to string and for the discards table:
+    the original string for strings and timestamps, JSON text for everything else."""
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, int):
+        return str(raw)
+    if isinstance(raw, datetime):
+        return raw.isoformat()
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", "replace")
+    return _json_text(raw)
 
 
 def kind_of_type(clickhouse_type: str) -> Kind:
@@ -167,17 +156,28 @@ class Conflict(Exception):
     """A value that does not fit its column (it goes to `discards`)."""
 
 
-def cast(value: Value, column: Kind) -> Any:
+# The Python type a value already has when it goes into a column of a kind as it is. An int
+# also needs to be within Int64; everything else goes through ``cast``.
+AS_IT_IS: dict[Kind, type] = {
+    Kind.STRING: str,
+    Kind.INTEGER: int,
+    Kind.FLOAT: float,
+    Kind.BOOLEAN: bool,
+}
+
+
+def cast(raw: Any, column: Kind) -> Any:
     """The value to insert into a column of kind ``column``; raises ``Conflict`` if it can't be.
 
     Only lossless casts: integer into float, and any scalar into string (as the client's text).
     """
-    if value.kind is column:
-        return value.value
-    if column is Kind.FLOAT and value.kind is Kind.INTEGER:
-        return float(value.value)
-    if column is Kind.STRING and value.kind is not Kind.OTHER:
-        return value.text
+    kind, value = infer(raw)
+    if kind is column:
+        return value
+    if column is Kind.FLOAT and kind is Kind.INTEGER:
+        return float(value)
+    if column is Kind.STRING:
+        return text_of(raw)
     raise Conflict
 
 

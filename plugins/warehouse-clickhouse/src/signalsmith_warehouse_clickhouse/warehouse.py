@@ -9,7 +9,7 @@ another answers read-only queries, each with its own session.
 A batch is written in four steps: name the tables of new event names; turn events into rows;
 bring each table's schema up to what its rows need (create it, add columns, widen integer
 columns that meet floats) and cast every value to its column, setting aside what does not fit;
-then one insert per table, plus one into ``discards``.
+then one insert per table, plus one into ``discards``, each as JSON lines ClickHouse parses.
 """
 
 from __future__ import annotations
@@ -50,12 +50,18 @@ from signalsmith_warehouse_clickhouse.rows import (
     fixed_columns,
 )
 from signalsmith_warehouse_clickhouse.values import (
+    AS_IT_IS,
     CLICKHOUSE_TYPES,
+    INT64_MAX,
+    INT64_MIN,
     Conflict,
     Kind,
     cast,
+    infer,
     kind_of_type,
     merged_kind,
+    sent_as,
+    text_of,
 )
 
 if TYPE_CHECKING:
@@ -79,6 +85,18 @@ DISCARD_COLUMNS: dict[str, str] = {
 # How many recent inserts per table ClickHouse remembers by their deduplication token, so that
 # a batch written again (a retry after a partial failure) is skipped before it makes a row.
 DEDUPLICATION_WINDOW = 1000
+# How ClickHouse reads the JSON lines of an insert: timestamps as ISO-8601 with their zone
+# (msgspec writes datetimes that way), and floats exactly as written (its default parser may
+# be off by one unit in the last place). Parsed on one thread and without merging duplicate
+# ids within the block, which saved a fifth of the engine's time per row: queries read with
+# FINAL, which merges them anyway.
+JSON_INSERT_SETTINGS: dict[str, Any] = {
+    "date_time_input_format": "best_effort",
+    "precise_float_parsing": 1,
+    "input_format_parallel_parsing": 0,
+    "optimize_on_insert": 0,
+}
+_json_lines = msgspec.json.Encoder()
 # Values per IN (...) list when looking rows up by id.
 LOOKUP_CHUNK = 1000
 # Most rows a read-only query returns.
@@ -185,7 +203,7 @@ class ClickHouseWarehouse:
         self._tables_read_at: dict[str, float] = {}
         self.schema_ttl_seconds = SCHEMA_TTL_SECONDS
         # The kinds of those columns, with the column dict they were worked out from.
-        self._table_kinds: dict[str, tuple[dict[str, str], dict[str, Kind]]] = {}
+        self._table_kinds: dict[str, tuple[dict[str, str], ColumnKinds]] = {}
         # Event name -> its table, as recorded in `_event_tables`.
         self._event_tables: dict[str, str] = {}
 
@@ -440,11 +458,11 @@ class ClickHouseWarehouse:
                 else:  # pragma: no cover - the last candidate is a 160-bit hash of the name
                     raise RuntimeError(f"no free table name for event {name!r}")
             now = datetime.now(UTC)
-            client.insert(
-                self._qualified(EVENT_TABLES_TABLE),
+            self._insert_rows(
+                client,
+                EVENT_TABLES_TABLE,
+                ["event_text", "table_name", "claimed_at"],
                 [[name, table, now] for name, table in chosen.items()],
-                column_names=["event_text", "table_name", "claimed_at"],
-                column_type_names=["String", "String", "DateTime64(6, 'UTC')"],
             )
             confirmed = self._table_holders(client, set(chosen.values()))
             holders.update(confirmed)
@@ -478,11 +496,11 @@ class ClickHouseWarehouse:
         ).result_rows
         return {name: column_type for name, column_type in found}
 
-    def _kinds(self, table: str, columns: dict[str, str]) -> dict[str, Kind]:
+    def _kinds(self, table: str, columns: dict[str, str]) -> ColumnKinds:
         """The kind of each column of ``table`` (cached while its columns stay the same)."""
         cached = self._table_kinds.get(table)
         if cached is None or cached[0] is not columns:
-            cached = (columns, {name: kind_of_type(kind) for name, kind in columns.items()})
+            cached = (columns, ColumnKinds(columns))
             self._table_kinds[table] = cached
         return cached[1]
 
@@ -521,28 +539,28 @@ class ClickHouseWarehouse:
         """Evolve ``table`` for ``rows``, then each row's dynamic values cast to their columns."""
         fixed = fixed_columns(table)
         current = self._columns(client, table)
-        current_kinds = self._kinds(table, current)
-        if current_kinds and fixed.keys() <= current.keys():
-            # Most batches bring nothing new: every value already fits its column as it is.
-            # One pass says so; the first value that does not sends the batch the long way.
-            ready = _as_they_are(rows, current_kinds)
-            if ready is not None:
-                return ready
+        if current and fixed.keys() <= current.keys():
+            # Most batches bring nothing new: one pass casts every value to its column.
+            cast_rows = _cast_to_columns(rows, table, self._kinds(table, current))
+            if not cast_rows.arriving and not cast_rows.widen:
+                discards += cast_rows.discards
+                return cast_rows.prepared
         # New columns in the order they first appear, with the kinds this batch brings them.
         arriving: dict[str, list[Kind]] = {}
         widen: list[str] = []
+        current_kinds = self._kinds(table, current).kinds
         for row in rows:
-            for name, value in row.values.items():
+            for name, raw in row.values.items():
                 kind = current_kinds.get(name)
-                if kind is value.kind:
+                if kind is not None and kind is not Kind.INTEGER:
                     continue
+                inferred, _ = infer(raw)
                 if kind is None:
-                    arriving.setdefault(name, []).append(value.kind)
-                elif kind is Kind.INTEGER and value.kind is Kind.FLOAT and name not in widen:
+                    arriving.setdefault(name, []).append(inferred)
+                elif inferred is Kind.FLOAT and name not in widen:
                     widen.append(name)
         room = max(0, self.config.max_columns - len(current or fixed))
         accepted = list(arriving)[:room]
-        over_cap = set(arriving) - set(accepted)
         added = {name: CLICKHOUSE_TYPES[merged_kind(arriving[name])] for name in accepted}
         if not current:
             self._create_table(client, table, fixed, added)
@@ -566,39 +584,24 @@ class ClickHouseWarehouse:
                 if widen:
                     log.info("warehouse: widened %s.%s to Float64", table, ", ".join(widen))
         columns = self._tables[table]
-        kinds = dict(self._kinds(table, columns))
-        for name in over_cap:
-            kinds.pop(name, None)
-        prepared: list[tuple[Row, dict[str, Any]]] = []
-        for row in rows:
-            values: dict[str, Any] = {}
-            for name, value in row.values.items():
-                kind = kinds.get(name)
-                if kind is value.kind:  # the common case, kept short: every value passes here
-                    values[name] = value.value
-                    continue
-                if kind is None:
-                    reason, column_type = "column_limit", ""
-                else:
-                    try:
-                        values[name] = cast(value, kind)
-                        continue
-                    except Conflict:
-                        reason, column_type = "type_conflict", columns[name]
-                discards.append(
+        # A second pass against the evolved table: what still has no column is over the cap.
+        cast_rows = _cast_to_columns(rows, table, self._kinds(table, columns))
+        for name in cast_rows.arriving:
+            for row_id, received_at, raw in cast_rows.arriving[name]:
+                cast_rows.discards.append(
                     Discard(
                         table_name=table,
                         column_name=name,
-                        row_id=row.row_id,
-                        value=value.text,
-                        value_type=value.sent_as,
-                        column_type=column_type,
-                        reason=reason,
-                        received_at=row.received_at,
+                        row_id=row_id,
+                        value=text_of(raw),
+                        value_type=sent_as(raw),
+                        column_type="",
+                        reason="column_limit",
+                        received_at=received_at,
                     )
                 )
-            prepared.append((row, values))
-        return prepared
+        discards += cast_rows.discards
+        return cast_rows.prepared
 
     # -- users and accounts --
 
@@ -669,21 +672,14 @@ class ClickHouseWarehouse:
         columns = self._tables[table]
         fixed = [name for name in fixed_columns(table) if name in columns]
         dynamic = sorted({name for _, values in rows for name in values})
-        names = fixed + dynamic
         data = [[*map(row.fixed.get, fixed), *map(values.get, dynamic)] for row, values in rows]
-        client.insert(
-            self._qualified(table),
-            data,
-            column_names=names,
-            column_type_names=[columns[name] for name in names],
-            # The same rows again (a retried batch) within the window make no new part.
-            settings={"insert_deduplication_token": _token(table, (r.message_id for r, _ in rows))},
-        )
+        # The same rows again (a retried batch) within the window make no new part.
+        token = _token(table, (row.message_id for row, _ in rows))
+        self._insert_rows(client, table, fixed + dynamic, data, token)
 
     def _insert_discards(
         self, client: Client, discards: list[Discard], discarded_at: datetime
     ) -> None:
-        names = list(DISCARD_COLUMNS)
         data = [
             [
                 d.table_name,
@@ -705,28 +701,106 @@ class ClickHouseWarehouse:
                 for d in discards
             ),
         )
-        client.insert(
-            self._qualified(DISCARDS_TABLE),
-            data,
-            column_names=names,
-            column_type_names=[DISCARD_COLUMNS[name] for name in names],
-            settings={"insert_deduplication_token": token},
+        self._insert_rows(client, DISCARDS_TABLE, list(DISCARD_COLUMNS), data, token)
+
+    def _insert_rows(
+        self,
+        client: Client,
+        table: str,
+        names: list[str],
+        data: list[list[Any]],
+        token: str | None = None,
+    ) -> None:
+        """One insert of ``data`` (rows of values in ``names`` order) as JSON lines.
+
+        ClickHouse parses the lines itself: building its Native format in Python
+        (clickhouse-connect's ``insert``) cost twice as much per row
+        (bench/warehouse_insert.py). Every value already has its column's Python type (see
+        ``_cast_to_columns``), so each line is exactly what the column takes.
+        """
+        client.raw_insert(
+            self._qualified(table),
+            names,
+            _json_lines.encode_lines(data),
+            fmt="JSONCompactEachRow",
+            settings=(
+                {**JSON_INSERT_SETTINGS, "insert_deduplication_token": token}
+                if token
+                else JSON_INSERT_SETTINGS
+            ),
         )
 
 
-def _as_they_are(
-    rows: list[Row], kinds: dict[str, Kind]
-) -> list[tuple[Row, dict[str, Any]]] | None:
-    """Each row's values, if every one has its column and that column's kind; else None."""
-    prepared: list[tuple[Row, dict[str, Any]]] = []
+class ColumnKinds:
+    """A table's columns as ``_cast_to_columns`` needs them: each one's type and kind, and the
+    Python type a value must already have to go in as it is (absent where only ``cast`` can
+    tell, as for timestamps)."""
+
+    __slots__ = ("as_it_is", "kinds", "types")
+
+    def __init__(self, columns: dict[str, str]) -> None:
+        self.types = columns
+        self.kinds = {name: kind_of_type(column_type) for name, column_type in columns.items()}
+        # Keyed by column name, not by kind: hashing an Enum member runs Python code, which
+        # showed up at a fifth of the write path.
+        self.as_it_is = {
+            name: AS_IT_IS[kind] for name, kind in self.kinds.items() if kind in AS_IT_IS
+        }
+
+
+class _CastRows:
+    """One pass of a table's rows against its columns (see ``_cast_to_columns``)."""
+
+    __slots__ = ("arriving", "discards", "prepared", "widen")
+
+    def __init__(self) -> None:
+        self.prepared: list[tuple[Row, dict[str, Any]]] = []
+        self.discards: list[Discard] = []
+        # Values with no column yet, by column name: (row id, received_at, value).
+        self.arriving: dict[str, list[tuple[str, datetime, Any]]] = {}
+        # Integer columns that met a float.
+        self.widen: set[str] = set()
+
+
+def _cast_to_columns(rows: list[Row], table: str, columns: ColumnKinds) -> _CastRows:
+    """Each row's values as their columns take them, what does not fit set aside, and what
+    would need the table to change first (a new column, an integer column to widen)."""
+    result = _CastRows()
+    prepared, arriving = result.prepared, result.arriving
+    as_it_is, kinds = columns.as_it_is, columns.kinds
     for row in rows:
         values: dict[str, Any] = {}
-        for name, value in row.values.items():
-            if kinds.get(name) is not value.kind:
-                return None
-            values[name] = value.value
+        for name, raw in row.values.items():
+            # The common case, kept short: a value of its column's own type goes in as it is
+            # (an int only within Int64).
+            expected = as_it_is.get(name)
+            if type(raw) is expected and (expected is not int or INT64_MIN <= raw <= INT64_MAX):
+                values[name] = raw
+                continue
+            kind = kinds.get(name)
+            if kind is None:
+                arriving.setdefault(name, []).append((row.row_id, row.received_at, raw))
+                continue
+            try:
+                values[name] = cast(raw, kind)
+                continue
+            except Conflict:
+                if kind is Kind.INTEGER and infer(raw)[0] is Kind.FLOAT:
+                    result.widen.add(name)
+            result.discards.append(
+                Discard(
+                    table_name=table,
+                    column_name=name,
+                    row_id=row.row_id,
+                    value=text_of(raw),
+                    value_type=sent_as(raw),
+                    column_type=columns.types[name],
+                    reason="type_conflict",
+                    received_at=row.received_at,
+                )
+            )
         prepared.append((row, values))
-    return prepared
+    return result
 
 
 @contextlib.contextmanager
