@@ -408,6 +408,54 @@ async def test_stop_finishes_the_batch_in_flight(settings: Settings, redis: aior
         assert await pending_count(redis, settings, "capture") == 0
 
 
+async def test_the_next_batch_is_read_while_one_is_delivered(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    deliveries = 0
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def gate_the_first(events: list[Event]) -> None:
+        nonlocal deliveries
+        deliveries += 1
+        if deliveries == 1:
+            entered.set()
+            await release.wait()
+
+    capture = capture_sink_plugin(
+        "capture", deliver=gate_the_first, batch_size=100, max_wait_seconds=0.05
+    )
+    first = make_events(3)
+    during = [make_events(4) for _ in range(3)]
+    async with running_worker(settings, (capture.plugin, capture.name)) as running:
+        async with event_buffer(redis, settings) as buffer:
+            await buffer.append("src-1", first)
+            await asyncio.wait_for(entered.wait(), DEADLINE_SECONDS)
+            for events in during:
+                await buffer.append("src-1", events)
+        # Still delivering the first batch, the consumer has already taken the next entries
+        # (they are pending to it: 1 entry in flight + 3 read ahead)...
+        await wait_until(_pending_is(redis, settings, "capture", 4), "the next entries read ahead")
+        assert deliveries == 1 and not capture.batches
+        # ...and once the first batch is done they go out together, in stream order, once.
+        release.set()
+        await wait_until(lambda: group_caught_up(redis, settings, "capture"), "acks")
+        assert not running.task.done()
+    assert [[e.message_id for e in batch] for batch in capture.batches] == [
+        [e.message_id for e in first],
+        [e.message_id for events in during for e in events],
+    ]
+
+
+def _pending_is(
+    redis: aioredis.Redis, settings: Settings, group: str, count: int
+) -> Callable[[], Any]:
+    async def check() -> bool:
+        return await pending_count(redis, settings, group) == count
+
+    return check
+
+
 async def test_worker_survives_redis_going_away(
     settings: Settings, redis_server_factory: Callable[..., Any]
 ) -> None:

@@ -60,6 +60,9 @@ TRIM_INTERVAL_SECONDS = 5.0
 RECLAIM_INTERVAL_MAX_SECONDS = 5.0
 # The most entries one XREADGROUP or XAUTOCLAIM call returns, whatever a sink's batch size.
 MAX_ENTRIES_PER_READ = 1000
+# While a batch is delivered, the stream is looked at this often for the next one (see
+# SinkConsumer._read_ahead).
+READ_AHEAD_POLL_SECONDS = 0.02
 # A consumer with nothing pending and no contact for this long belonged to a process that is
 # gone (a live one polls every worker_block_ms): it is removed from its group's listing, which
 # would otherwise grow by one name per sink at every restart.
@@ -321,8 +324,51 @@ class SinkConsumer:
         ):
             await self._reclaim()
         batch = await self._next_batch(stop)
-        if batch:
+        if not batch:
+            return
+        delivered = asyncio.Event()
+        ahead = asyncio.create_task(self._read_ahead(delivered, stop))
+        try:
             await self._process(batch, stop)
+        finally:
+            delivered.set()
+            await ahead
+
+    async def _read_ahead(self, delivered: asyncio.Event, stop: asyncio.Event) -> None:
+        """Read and decode the next batch's entries while the current batch is delivered.
+
+        A sink's delivery mostly waits (on a network call, or on a warehouse engine that runs
+        without the GIL), so reading the stream and decoding entries meanwhile takes them off
+        the critical path. Reads never block in Redis: the stream is looked at every
+        ``READ_AHEAD_POLL_SECONDS`` until the delivery is over or the next batch is full, so
+        under load the next batch holds what arrived during this one. The entries are held like
+        any others (touched during retry waits, reloaded as own pending after a failed read).
+        """
+        limit = max(1, self.sink.batch_size)
+        while not delivered.is_set() and not stop.is_set():
+            queued = sum(len(entry.events) or 1 for entry in self._backlog)
+            if queued >= limit:
+                return
+            try:
+                reply = await self.redis.xreadgroup(
+                    self.group,
+                    self.consumer,
+                    {self.stream: ">"},
+                    count=min(limit - queued, MAX_ENTRIES_PER_READ),
+                )
+            except (RedisError, OSError) as error:
+                # The read may have handed us entries we never saw: reload them next step.
+                self._read_own_pending = True
+                log.debug("sink %s: read-ahead failed: %s", self.sink.name, _describe(error))
+                return
+            entries = _stream_entries(reply)
+            for entry_id, fields in entries:
+                entry = _decode_entry(entry_id, fields)
+                self._held.add(entry.id)
+                self._backlog.append(entry)
+            if not entries:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(delivered.wait(), READ_AHEAD_POLL_SECONDS)
 
     async def _create_group(self) -> None:
         # Id 0: a new sink starts with whatever the stream still holds, not only what comes next.
