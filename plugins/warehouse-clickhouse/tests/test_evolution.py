@@ -219,3 +219,64 @@ async def test_values_at_the_edges_of_their_types_land_exactly(
     expected = event.received_at.astimezone(UTC).isoformat(timespec="milliseconds")
     assert tracked["received_at"] == expected.replace("+00:00", "Z")
     assert await rows(warehouse, "SELECT * FROM discards") == []
+
+
+async def test_columns_changed_by_hand_to_related_types_still_take_values(
+    open_warehouse: OpenWarehouse, chdb_dir: Path, database: str
+) -> None:
+    warehouse = await open_warehouse()
+    first = {"day": "2024-05-01T12:00:00Z", "plan": "pro", "amount": 1.5}
+    await warehouse.write([track("Billed", first)])
+    other = clickhouse_connect.get_client(dsn=f"chdb://{chdb_dir}")
+    try:
+        other.command(
+            f"ALTER TABLE {database}.billed MODIFY COLUMN day Nullable(Date), "
+            "MODIFY COLUMN plan LowCardinality(Nullable(String)), "
+            "MODIFY COLUMN amount Nullable(Decimal(10, 2))"
+        )
+    finally:
+        other.close()
+    warehouse.schema_ttl_seconds = 0
+
+    # A date-time goes into a Date column as its UTC date (late in the day in New York is the
+    # next day in UTC); text into a low-cardinality string; a number into a decimal.
+    later = {"day": "2024-05-02T22:30:00-04:00", "plan": "team", "amount": 2.25}
+    await warehouse.write([track("Billed", later)])
+
+    stored = await rows(warehouse, "SELECT day, plan, amount FROM billed ORDER BY id")
+    assert stored == [
+        {"day": "2024-05-01", "plan": "pro", "amount": "1.50"},
+        {"day": "2024-05-03", "plan": "team", "amount": "2.25"},
+    ]
+    assert await rows(warehouse, "SELECT * FROM discards") == []
+
+
+async def test_stored_traits_of_hand_made_types_are_written_back_as_they_were(
+    open_warehouse: OpenWarehouse, chdb_dir: Path, database: str
+) -> None:
+    # users rows are rewritten with their stored traits on every identify: values read back
+    # from columns of types this plugin never makes must go back in unchanged.
+    warehouse = await open_warehouse()
+    now = datetime.now(UTC)
+
+    def identify(message_id: str, traits: dict[str, Any]) -> Identify:
+        return Identify(
+            message_id=message_id, received_at=now, timestamp=now, user_id="u-1", traits=traits
+        )
+
+    await warehouse.write([identify("i-1", {"ip": "192.0.2.7", "code": "abc", "rank": 1})])
+    other = clickhouse_connect.get_client(dsn=f"chdb://{chdb_dir}")
+    try:
+        other.command(
+            f"ALTER TABLE {database}.users MODIFY COLUMN ip Nullable(IPv4), "
+            "MODIFY COLUMN code Nullable(FixedString(3))"
+        )
+    finally:
+        other.close()
+    warehouse.schema_ttl_seconds = 0
+
+    await warehouse.write([identify("i-2", {"rank": 2})])
+
+    assert await rows(warehouse, "SELECT ip, code, rank FROM users") == [
+        {"ip": "192.0.2.7", "code": "abc", "rank": 2}
+    ]

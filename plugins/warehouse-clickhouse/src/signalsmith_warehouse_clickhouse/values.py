@@ -133,12 +133,27 @@ def text_of(raw: Any) -> str:
     return _json_text(raw)
 
 
+def _unwrapped(clickhouse_type: str) -> str:
+    """The type inside ``Nullable(...)`` and ``LowCardinality(...)``, in either order."""
+    name = clickhouse_type
+    while name.endswith(")"):
+        for wrapper in ("Nullable(", "LowCardinality("):
+            if name.startswith(wrapper):
+                name = name[len(wrapper) : -1]
+                break
+        else:
+            return name
+    return name
+
+
+def is_date_type(clickhouse_type: str) -> bool:
+    """Whether a column holds dates without a time (``Date``, ``Date32``)."""
+    return _unwrapped(clickhouse_type) in ("Date", "Date32")
+
+
 def kind_of_type(clickhouse_type: str) -> Kind:
     """The kind of an existing column, from its ClickHouse type name."""
-    name = clickhouse_type
-    for wrapper in ("Nullable(", "LowCardinality("):
-        while name.startswith(wrapper) and name.endswith(")"):
-            name = name[len(wrapper) : -1]
+    name = _unwrapped(clickhouse_type)
     if name == "Bool":
         return Kind.BOOLEAN
     if name.startswith(("Int", "UInt")):

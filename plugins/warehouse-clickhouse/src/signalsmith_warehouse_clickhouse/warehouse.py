@@ -58,6 +58,7 @@ from signalsmith_warehouse_clickhouse.values import (
     Kind,
     cast,
     infer,
+    is_date_type,
     kind_of_type,
     merged_kind,
     sent_as,
@@ -96,7 +97,9 @@ JSON_INSERT_SETTINGS: dict[str, Any] = {
     "input_format_parallel_parsing": 0,
     "optimize_on_insert": 0,
 }
-_json_lines = msgspec.json.Encoder()
+# Values of types JSON has no notation for (IP addresses read back from a column changed by
+# hand, say) are written as their text, which is how ClickHouse reads them.
+_json_lines = msgspec.json.Encoder(enc_hook=str)
 # Values per IN (...) list when looking rows up by id.
 LOOKUP_CHUNK = 1000
 # Most rows a read-only query returns.
@@ -662,7 +665,12 @@ class ClickHouseWarehouse:
             )
             names = result.column_names
             for row in result.result_rows:
-                record = dict(zip(names, row, strict=True))
+                # A FixedString comes back as bytes, which JSON would carry as base64: as text
+                # it is written back as it was.
+                record = {
+                    name: value.decode("utf-8", "replace") if type(value) is bytes else value
+                    for name, value in zip(names, row, strict=True)
+                }
                 found[record["id"]] = record
         return found
 
@@ -736,11 +744,16 @@ class ColumnKinds:
     Python type a value must already have to go in as it is (absent where only ``cast`` can
     tell, as for timestamps)."""
 
-    __slots__ = ("as_it_is", "kinds", "types")
+    __slots__ = ("as_it_is", "dates", "kinds", "types")
 
     def __init__(self, columns: dict[str, str]) -> None:
         self.types = columns
         self.kinds = {name: kind_of_type(column_type) for name, column_type in columns.items()}
+        # Timestamp columns changed by hand to a date: they take the date (in UTC), which the
+        # engine would not cut from a date-time itself.
+        self.dates = frozenset(
+            name for name, column_type in columns.items() if is_date_type(column_type)
+        )
         # Keyed by column name, not by kind: hashing an Enum member runs Python code, which
         # showed up at a fifth of the write path.
         self.as_it_is = {
@@ -782,7 +795,8 @@ def _cast_to_columns(rows: list[Row], table: str, columns: ColumnKinds) -> _Cast
                 arriving.setdefault(name, []).append((row.row_id, row.received_at, raw))
                 continue
             try:
-                values[name] = cast(raw, kind)
+                value = cast(raw, kind)
+                values[name] = value.date() if name in columns.dates else value
                 continue
             except Conflict:
                 if kind is Kind.INTEGER and infer(raw)[0] is Kind.FLOAT:
