@@ -542,26 +542,18 @@ class ClickHouseWarehouse:
         """Evolve ``table`` for ``rows``, then each row's dynamic values cast to their columns."""
         fixed = fixed_columns(table)
         current = self._columns(client, table)
+        # Most batches bring nothing new: this one pass casts every value to its column.
+        first_pass = _cast_to_columns(rows, table, self._kinds(table, current))
         if current and fixed.keys() <= current.keys():
-            # Most batches bring nothing new: one pass casts every value to its column.
-            cast_rows = _cast_to_columns(rows, table, self._kinds(table, current))
-            if not cast_rows.arriving and not cast_rows.widen:
-                discards += cast_rows.discards
-                return cast_rows.prepared
+            if not first_pass.arriving and not first_pass.widen:
+                discards += first_pass.discards
+                return first_pass.prepared
         # New columns in the order they first appear, with the kinds this batch brings them.
-        arriving: dict[str, list[Kind]] = {}
-        widen: list[str] = []
-        current_kinds = self._kinds(table, current).kinds
-        for row in rows:
-            for name, raw in row.values.items():
-                kind = current_kinds.get(name)
-                if kind is not None and kind is not Kind.INTEGER:
-                    continue
-                inferred, _ = infer(raw)
-                if kind is None:
-                    arriving.setdefault(name, []).append(inferred)
-                elif inferred is Kind.FLOAT and name not in widen:
-                    widen.append(name)
+        arriving = {
+            name: [infer(raw)[0] for _, _, raw in values]
+            for name, values in first_pass.arriving.items()
+        }
+        widen = list(first_pass.widen)
         room = max(0, self.config.max_columns - len(current or fixed))
         accepted = list(arriving)[:room]
         added = {name: CLICKHOUSE_TYPES[merged_kind(arriving[name])] for name in accepted}
@@ -771,8 +763,8 @@ class _CastRows:
         self.discards: list[Discard] = []
         # Values with no column yet, by column name: (row id, received_at, value).
         self.arriving: dict[str, list[tuple[str, datetime, Any]]] = {}
-        # Integer columns that met a float.
-        self.widen: set[str] = set()
+        # Integer columns that met a float, in the order they did.
+        self.widen: dict[str, None] = {}
 
 
 def _cast_to_columns(rows: list[Row], table: str, columns: ColumnKinds) -> _CastRows:
@@ -800,7 +792,7 @@ def _cast_to_columns(rows: list[Row], table: str, columns: ColumnKinds) -> _Cast
                 continue
             except Conflict:
                 if kind is Kind.INTEGER and infer(raw)[0] is Kind.FLOAT:
-                    result.widen.add(name)
+                    result.widen[name] = None
             result.discards.append(
                 Discard(
                     table_name=table,
