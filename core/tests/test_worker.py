@@ -447,6 +447,47 @@ async def test_the_next_batch_is_read_while_one_is_delivered(
     ]
 
 
+async def test_entries_read_ahead_by_a_stopping_worker_are_taken_over_at_once(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    # A claim idle time far past this test's deadline: only the release makes B take them.
+    settings = msgspec.structs.replace(settings, worker_claim_idle_ms=600_000)
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def gate(events: list[Event]) -> None:
+        entered.set()
+        await release.wait()
+
+    gated = capture_sink_plugin("capture", deliver=gate, batch_size=100, max_wait_seconds=0.05)
+    first = make_events(3)
+    read_ahead = [make_events(4) for _ in range(3)]
+    async with running_worker(settings, (gated.plugin, gated.name)) as a:
+        async with event_buffer(redis, settings) as buffer:
+            await buffer.append("src-1", first)
+            await asyncio.wait_for(entered.wait(), DEADLINE_SECONDS)
+            for events in read_ahead:
+                await buffer.append("src-1", events)
+        await wait_until(_pending_is(redis, settings, "capture", 4), "entries read ahead")
+        a.stop.set()
+        release.set()
+        await asyncio.wait_for(a.task, DEADLINE_SECONDS)
+    # A delivered its batch in flight and kept the rest pending, idle as long as the claim idle
+    # time already, so any worker's next reclaim takes them.
+    assert gated.batches == [first]
+    stream = stream_key(settings.key_prefix)
+    pending = await redis.xpending_range(stream, "capture", min="-", max="+", count=10)
+    assert len(pending) == 3
+    assert all(p["time_since_delivered"] >= settings.worker_claim_idle_ms for p in pending)
+
+    b = capture_sink_plugin("capture", batch_size=100, max_wait_seconds=0.05)
+    async with running_worker(settings, (b.plugin, b.name)):
+        await wait_until(lambda: group_caught_up(redis, settings, "capture"), "B's acks")
+    assert sorted(delivered_ids(b.batches)) == sorted(
+        e.message_id for events in read_ahead for e in events
+    )
+
+
 def _pending_is(
     redis: aioredis.Redis, settings: Settings, group: str, count: int
 ) -> Callable[[], Any]:

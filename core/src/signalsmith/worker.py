@@ -310,7 +310,35 @@ class SinkConsumer:
                     exc_info=not isinstance(error, RedisError),
                 )
                 await _sleep_unless_stopped(stop, delay)
+        await self._release_backlog()
         log.info("sink %s: stopped", self.sink.name)
+
+    async def _release_backlog(self) -> None:
+        """Let another worker take the entries read here and not delivered, without waiting.
+
+        They stay pending to this consumer (Redis has no way to hand an entry back); setting
+        their idle time to the claim idle time makes the next reclaim pass of any worker take
+        them, instead of one ``SIGNALSMITH_WORKER_CLAIM_IDLE_MS`` from now.
+        """
+        ids = [entry.id for entry in self._backlog]
+        if not ids:
+            return
+        try:
+            await self.redis.xclaim(
+                self.stream,
+                self.group,
+                self.consumer,
+                0,
+                ids,
+                idle=self.settings.worker_claim_idle_ms,
+                justid=True,
+            )
+        except (RedisError, OSError) as error:  # they are reclaimed once idle anyway
+            log.debug("sink %s: could not release read-ahead entries: %s", self.sink.name, error)
+            return
+        self._backlog.clear()
+        self._held.difference_update(ids)
+        log.info("sink %s: released %d entries read but not delivered", self.sink.name, len(ids))
 
     async def _step(self, stop: asyncio.Event) -> None:
         if not self._group_ready:
