@@ -7,8 +7,9 @@ rounds, sends the same 100-event appends (realistic Ecommerce track events, msgp
 collector encodes them, fresh messageIds each time) four ways, pipelined 20 at a time:
 
 - append script: ``signalsmith.buffer.APPEND_SCRIPT`` as the collector runs it (backlog cap,
-  ``SET NX EX`` per messageId, one ``XADD`` of the request's events);
-- without dedupe: the same script with the ``SET``s taken out;
+  messageIds looked up in and added to time-bucket sets, one ``XADD`` of the request's events);
+- per-id keys: the script before that, with one ``SET NX EX`` key per messageId;
+- without dedupe: that script with the ``SET``s taken out;
 - script, XADD only: a script that only does the ``XADD``;
 - plain XADD: the command without a script (what the bench's bare baseline sends).
 
@@ -37,14 +38,44 @@ PIPELINE_DEPTH = 20
 STREAM = "bench:events"
 SEEN_PREFIX = "bench:seen:"
 
-WITHOUT_DEDUPE = APPEND_SCRIPT.replace(
+# The append script before the dedupe moved to bucket sets (commit 3a84477 and earlier): one
+# SET NX EX key per messageId. Kept to compare against, and to take the Lua part apart.
+PER_ID_KEYS = """
+local stream = KEYS[1]
+local cap = tonumber(ARGV[1])
+if cap > 0 and redis.call('XLEN', stream) >= cap then
+  return -1
+end
+local ttl = ARGV[2]
+local prefix = ARGV[3]
+local n = tonumber(ARGV[6])
+local ids = cmsgpack.unpack(ARGV[7])
+local dups = {}
+for i = 1, n do
+  if not redis.call('SET', prefix .. ids[i], '1', 'NX', 'EX', ttl) then
+    dups[#dups + 1] = i - 1
+  end
+end
+if #dups < n then
+  if #dups > 0 then
+    redis.call('XADD', stream, '*', 'v', '1', 'src', ARGV[4], 'n', n, 'd', ARGV[5],
+               'dup', table.concat(dups, ','))
+  else
+    redis.call('XADD', stream, '*', 'v', '1', 'src', ARGV[4], 'n', n, 'd', ARGV[5])
+  end
+end
+return dups
+"""
+WITHOUT_DEDUPE = PER_ID_KEYS.replace(
     "if not redis.call('SET', prefix .. ids[i], '1', 'NX', 'EX', ttl) then", "if false then"
 )
+assert WITHOUT_DEDUPE != PER_ID_KEYS
 XADD_ONLY = (
     "return redis.call('XADD', KEYS[1], '*', 'v', '1', 'src', ARGV[4], 'n', ARGV[6], 'd', ARGV[5])"
 )
 VARIANTS: dict[str, str | None] = {
     "append script": APPEND_SCRIPT,
+    "per-id keys": PER_ID_KEYS,
     "without dedupe": WITHOUT_DEDUPE,
     "script, XADD only": XADD_ONLY,
     "plain XADD": None,

@@ -48,6 +48,43 @@ async def test_coalesced_appends_each_get_their_own_duplicates(
     assert entries[1][1][b"dup"] == b"0"
 
 
+async def test_a_message_id_repeated_within_one_request_is_a_duplicate(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    buffer = _buffer(redis, key_prefix)
+    try:
+        assert await buffer.append("src", _events("a", "b", "a", "c", "b")) == [2, 4]
+        assert await buffer.append("src", _events("c", "d")) == [0]
+    finally:
+        await buffer.close()
+
+
+async def test_ids_are_remembered_for_the_ttl_and_forgotten_after_one_and_a_half(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    # TTL 2 s: buckets of 1 s; an id is found while its bucket is one of the last three.
+    buffer = EventBuffer(redis, key_prefix=key_prefix, backlog_max_entries=0, dedupe_ttl_seconds=2)
+    try:
+        assert await buffer.append("src", _events("early")) == []
+        seen_by = (await redis.time())[0]  # the bucket of "early" is at most this second
+        await asyncio.sleep(1.0)
+        # Younger than the TTL: a duplicate.
+        assert await buffer.append("src", _events("early", "new")) == [0]
+        # Three buckets on, past one and a half TTLs at the most, it is new again.
+        while True:
+            if (await redis.time())[0] >= seen_by + 3:
+                break
+            await asyncio.sleep(0.1)
+        assert await buffer.append("src", _events("early")) == []
+    finally:
+        await buffer.close()
+    # Only buckets still in the window are kept, each with an expiry.
+    buckets = [key async for key in redis.scan_iter(match=f"{key_prefix}:seen:*")]
+    assert 1 <= len(buckets) <= 3
+    for bucket in buckets:
+        assert await redis.ttl(bucket) > 0
+
+
 async def test_appends_survive_a_script_flush(
     redis_server_factory: Callable[..., RedisServerProcess],
 ) -> None:
