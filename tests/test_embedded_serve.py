@@ -96,7 +96,7 @@ def test_serve_on_embedded_defaults_prints_a_working_curl(
         assert groups[b"test-file"]["pending"] == 0
         assert any(
             client.sismember(bucket, event.message_id)
-            for bucket in client.scan_iter("signalsmith:seen:*")
+            for bucket in client.scan_iter("signalsmith:seen-ids:*")
         )
         client.close()
         time.sleep(1)

@@ -79,7 +79,7 @@ async def test_ids_are_remembered_for_the_ttl_and_forgotten_after_one_and_a_half
     finally:
         await buffer.close()
     # Only buckets still in the window are kept, each with an expiry.
-    buckets = [key async for key in redis.scan_iter(match=f"{key_prefix}:seen:*")]
+    buckets = [key async for key in redis.scan_iter(match=f"{key_prefix}:seen-ids:*")]
     assert 1 <= len(buckets) <= 3
     for bucket in buckets:
         assert await redis.ttl(bucket) > 0

@@ -6,7 +6,9 @@ Layout (``P`` is ``Settings.key_prefix``):
   measurement), with fields ``v`` (format), ``src`` (source id), ``n`` (event count), ``d``
   (msgpack list of events) and, when some events were duplicates, ``dup`` (their indexes in
   ``d``, comma-separated; consumers skip them).
-- ``P:seen:<n>``: the messageIds seen in time bucket ``n`` (a set; see ``APPEND_SCRIPT``).
+- ``P:seen-ids:<n>``: the messageIds seen in time bucket ``n`` (a set; see ``APPEND_SCRIPT``).
+  Not ``P:seen:``, where earlier versions kept one key per messageId: a numeric messageId could
+  name a bucket.
 - ``P:dlq:<sink>``: a sink's dead-letter stream.
 - one consumer group per sink on ``P:events``, named after the sink.
 
@@ -114,7 +116,7 @@ def dead_letter_key(prefix: str, sink_name: str) -> str:
 
 
 def seen_key_prefix(prefix: str) -> str:
-    return f"{prefix}:seen:"
+    return f"{prefix}:seen-ids:"
 
 
 class EventBuffer:
