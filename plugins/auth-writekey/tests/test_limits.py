@@ -91,6 +91,24 @@ async def test_the_burst_is_exact_in_pieces_too(store: KeyStore) -> None:
     assert (await store.admit(source, 50)).outcome == "limited"
 
 
+async def test_the_reset_never_exceeds_a_full_bucket(
+    store: KeyStore, runtime: Runtime, redis: aioredis.Redis
+) -> None:
+    plaintext, source = await new_key(store)
+    # The admit check tolerates a hundredth of an event's interval for rounding, so a bucket
+    # emptied to the limit can hold its theoretical arrival time up to 100 µs more than the
+    # whole burst (5 s here) ahead; a refusal within those 100 µs said "reset in 6 s". The state
+    # is exaggerated to 0.6 s past the burst so that no timing is needed to see the bound.
+    seconds, micros = await redis.time()
+    now_us = int(seconds) * 1_000_000 + int(micros)
+    await redis.hset(runtime.key("keys", hash_key(plaintext)), "tat", now_us + 5_600_000)
+
+    refused = await store.admit(source, 10)
+
+    assert refused.outcome == "limited"
+    assert refused.reset_after == 5
+
+
 async def test_retry_after_is_how_long_until_the_request_fits(store: KeyStore) -> None:
     _key, source = await new_key(store)
     assert (await store.admit(source, 500)).outcome == "admitted"

@@ -73,14 +73,16 @@ local wait = new_tat - burst * interval - now
 -- whole extra event through.
 if wait > interval / 100 then
   if touch then redis.call('HSET', KEYS[1], 'last_used', now_s) end
-  return {4, math.ceil(wait), math.ceil(tat - now), rate, burst, ''}
+  -- The tolerance can leave tat a hair past a full bucket's worth ahead; the bucket is never
+  -- more than that from full, so a 5 s bucket never reports a 6 s reset.
+  return {4, math.ceil(wait), math.ceil(math.min(tat - now, burst * interval)), rate, burst, ''}
 end
 if touch then
   redis.call('HSET', KEYS[1], 'tat', new_tat, 'last_used', now_s)
 else
   redis.call('HSET', KEYS[1], 'tat', new_tat)
 end
-return {0, 0, math.ceil(new_tat - now), rate, burst, ''}
+return {0, 0, math.ceil(math.min(new_tat - now, burst * interval)), rate, burst, ''}
 """.replace("FREE_RATE", str(FREE.rate)).replace("FREE_BURST", str(FREE.burst))
 
 Outcome = Literal["admitted", "unknown", "revoked", "expired", "limited", "over_burst"]
