@@ -59,6 +59,21 @@ async def test_a_message_id_repeated_within_one_request_is_a_duplicate(
         await buffer.close()
 
 
+async def test_a_request_of_thousands_of_events_is_deduplicated_across_chunks(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    # More ids than Lua unpacks into one call (about 8,000): the script goes in chunks of 1,000,
+    # and a duplicate's index must come out right on either side of a chunk's edge.
+    many = [f"id-{index}" for index in range(9_000)]
+    buffer = _buffer(redis, key_prefix)
+    try:
+        assert await buffer.append("src", _events(*many)) == []
+        again = _events("new-1", *many[999:1001], "new-2", many[-1])
+        assert await buffer.append("src", again) == [1, 2, 4]
+    finally:
+        await buffer.close()
+
+
 async def test_ids_are_remembered_for_the_ttl_and_forgotten_after_one_and_a_half(
     redis: aioredis.Redis, key_prefix: str
 ) -> None:

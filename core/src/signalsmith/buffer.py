@@ -59,11 +59,17 @@ local bucket = math.floor(tonumber(redis.call('TIME')[1]) / span)
 local prefix = ARGV[3]
 local n = tonumber(ARGV[6])
 local ids = cmsgpack.unpack(ARGV[7])
+-- Lua unpacks at most a few thousand values into one call: ids go in chunks.
+local CHUNK = 1000
 local seen = {}
 for back = 0, 2 do
-  local found = redis.call('SMISMEMBER', prefix .. (bucket - back), unpack(ids))
-  for i = 1, n do
-    if found[i] == 1 then seen[i] = true end
+  local key = prefix .. (bucket - back)
+  for first = 1, n, CHUNK do
+    local last = math.min(first + CHUNK - 1, n)
+    local found = redis.call('SMISMEMBER', key, unpack(ids, first, last))
+    for i = first, last do
+      if found[i - first + 1] == 1 then seen[i] = true end
+    end
   end
 end
 local dups, fresh, in_request = {}, {}, {}
@@ -78,7 +84,9 @@ for i = 1, n do
 end
 if #fresh > 0 then
   local current = prefix .. bucket
-  redis.call('SADD', current, unpack(fresh))
+  for first = 1, #fresh, CHUNK do
+    redis.call('SADD', current, unpack(fresh, first, math.min(first + CHUNK - 1, #fresh)))
+  end
   redis.call('EXPIREAT', current, (bucket + 3) * span + 60)
   redis.call('UNLINK', prefix .. (bucket - 3))
   if #dups > 0 then
