@@ -6,9 +6,12 @@ import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+import msgspec
+import pytest
 import redis.asyncio as aioredis
 
 from signalsmith.buffer import EventBuffer, stream_key
+from signalsmith.config import Settings
 from signalsmith.embedded import RedisServerProcess
 from signalsmith.model import Track, event_list_decoder
 
@@ -116,3 +119,10 @@ async def test_appends_survive_a_script_flush(
     finally:
         await buffer.close()
         await redis.aclose()
+
+
+def test_a_dedupe_ttl_under_a_second_is_refused_at_startup() -> None:
+    # Buckets are half the TTL: a zero TTL would make every append fail in Redis instead.
+    with pytest.raises(msgspec.ValidationError, match="dedupe_ttl_seconds"):
+        Settings.from_env({"SIGNALSMITH_DEDUPE_TTL_SECONDS": "0"})
+    assert Settings.from_env({"SIGNALSMITH_DEDUPE_TTL_SECONDS": "1"}).dedupe_ttl_seconds == 1

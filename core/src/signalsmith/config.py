@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 
@@ -26,7 +27,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     key_prefix: str = "signalsmith"
     # 503 once the stream holds this many unprocessed entries (one entry per request).
     backlog_max_entries: int = 1_000_000
-    dedupe_ttl_seconds: int = 24 * 3600
+    # Ids are kept in buckets of half this (docs/buffer.md): at least a second.
+    dedupe_ttl_seconds: Annotated[int, msgspec.Meta(ge=1)] = 24 * 3600
     max_message_bytes: int = 32 * 1024
     max_request_bytes: int = 500 * 1024
     max_batch_messages: int = 2500
