@@ -30,6 +30,22 @@ def track(event: str, properties: dict[str, Any], **fields: Any) -> Track:
     )
 
 
+def identify(message_id: str, traits: dict[str, Any], *, at: datetime) -> Identify:
+    """An identify of user u-1; ``at`` is fixed by the test, so a redelivery is the same call."""
+    return Identify(
+        message_id=message_id, received_at=at, timestamp=at, user_id="u-1", traits=traits
+    )
+
+
+def change_by_hand(chdb_dir: Path, statement: str) -> None:
+    """Run ``statement`` from a client of its own, as someone changing a table by hand would."""
+    other = clickhouse_connect.get_client(dsn=f"chdb://{chdb_dir}")
+    try:
+        other.command(statement)
+    finally:
+        other.close()
+
+
 async def rows(warehouse: ClickHouseWarehouse, sql: str) -> list[dict[str, Any]]:
     result = await warehouse.query(sql)
     return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
@@ -89,14 +105,8 @@ async def test_a_conflicting_trait_is_set_aside_and_the_users_other_traits_kept(
 ) -> None:
     warehouse = await open_warehouse()
     now = datetime.now(UTC)
-
-    def identify(message_id: str, traits: dict[str, Any]) -> Identify:
-        return Identify(
-            message_id=message_id, received_at=now, timestamp=now, user_id="u-1", traits=traits
-        )
-
-    await warehouse.write([identify("i-1", {"age": 30, "name": "Ada"})])
-    await warehouse.write([identify("i-2", {"age": "thirty", "name": "Ada L."})])
+    await warehouse.write([identify("i-1", {"age": 30, "name": "Ada"}, at=now)])
+    await warehouse.write([identify("i-2", {"age": "thirty", "name": "Ada L."}, at=now)])
 
     assert await rows(warehouse, "SELECT id, age, name FROM users") == [
         {"id": "u-1", "age": 30, "name": "Ada L."}
@@ -109,7 +119,7 @@ async def test_a_conflicting_trait_is_set_aside_and_the_users_other_traits_kept(
         {"table_name": "users", "row_id": "u-1", "value": "thirty"},
     ]
     # Written again (a redelivery), the discards do not repeat.
-    await warehouse.write([identify("i-2", {"age": "thirty", "name": "Ada L."})])
+    await warehouse.write([identify("i-2", {"age": "thirty", "name": "Ada L."}, at=now)])
     assert len(await rows(warehouse, "SELECT * FROM discards")) == 2
 
 
@@ -136,11 +146,7 @@ async def test_a_table_missing_a_fixed_column_gets_it(
 ) -> None:
     warehouse = await open_warehouse()
     await warehouse.write([track("Old", {"x": 1})])
-    other = clickhouse_connect.get_client(dsn=f"chdb://{chdb_dir}")
-    try:
-        other.command(f"ALTER TABLE {database}.old DROP COLUMN source_id")
-    finally:
-        other.close()
+    change_by_hand(chdb_dir, f"ALTER TABLE {database}.old DROP COLUMN source_id")
     # A new process: it reads the table as it is now.
     again = await open_warehouse()
     await again.write([track("Old", {"x": 2}, project_id="web")])
@@ -157,11 +163,7 @@ async def test_a_table_changed_behind_the_writer_is_seen(
 ) -> None:
     warehouse = await open_warehouse()
     await warehouse.write([track("Changed", {"count": 1})])
-    other = clickhouse_connect.get_client(dsn=f"chdb://{chdb_dir}")
-    try:
-        other.command(f"ALTER TABLE {database}.changed MODIFY COLUMN count Nullable(String)")
-    finally:
-        other.close()
+    change_by_hand(chdb_dir, f"ALTER TABLE {database}.changed MODIFY COLUMN count Nullable(String)")
 
     # Within the schema's time to live the writer still takes `count` for an integer column;
     # an integer still lands (ClickHouse converts it on insert).
@@ -227,15 +229,12 @@ async def test_columns_changed_by_hand_to_related_types_still_take_values(
     warehouse = await open_warehouse()
     first = {"day": "2024-05-01T12:00:00Z", "plan": "pro", "amount": 1.5}
     await warehouse.write([track("Billed", first)])
-    other = clickhouse_connect.get_client(dsn=f"chdb://{chdb_dir}")
-    try:
-        other.command(
-            f"ALTER TABLE {database}.billed MODIFY COLUMN day Nullable(Date), "
-            "MODIFY COLUMN plan LowCardinality(Nullable(String)), "
-            "MODIFY COLUMN amount Nullable(Decimal(10, 2))"
-        )
-    finally:
-        other.close()
+    change_by_hand(
+        chdb_dir,
+        f"ALTER TABLE {database}.billed MODIFY COLUMN day Nullable(Date), "
+        "MODIFY COLUMN plan LowCardinality(Nullable(String)), "
+        "MODIFY COLUMN amount Nullable(Decimal(10, 2))",
+    )
     warehouse.schema_ttl_seconds = 0
 
     # A date-time goes into a Date column as its UTC date (late in the day in New York is the
@@ -258,24 +257,15 @@ async def test_stored_traits_of_hand_made_types_are_written_back_as_they_were(
     # from columns of types this plugin never makes must go back in unchanged.
     warehouse = await open_warehouse()
     now = datetime.now(UTC)
-
-    def identify(message_id: str, traits: dict[str, Any]) -> Identify:
-        return Identify(
-            message_id=message_id, received_at=now, timestamp=now, user_id="u-1", traits=traits
-        )
-
-    await warehouse.write([identify("i-1", {"ip": "192.0.2.7", "code": "abc", "rank": 1})])
-    other = clickhouse_connect.get_client(dsn=f"chdb://{chdb_dir}")
-    try:
-        other.command(
-            f"ALTER TABLE {database}.users MODIFY COLUMN ip Nullable(IPv4), "
-            "MODIFY COLUMN code Nullable(FixedString(3))"
-        )
-    finally:
-        other.close()
+    await warehouse.write([identify("i-1", {"ip": "192.0.2.7", "code": "abc", "rank": 1}, at=now)])
+    change_by_hand(
+        chdb_dir,
+        f"ALTER TABLE {database}.users MODIFY COLUMN ip Nullable(IPv4), "
+        "MODIFY COLUMN code Nullable(FixedString(3))",
+    )
     warehouse.schema_ttl_seconds = 0
 
-    await warehouse.write([identify("i-2", {"rank": 2})])
+    await warehouse.write([identify("i-2", {"rank": 2}, at=now)])
 
     assert await rows(warehouse, "SELECT ip, code, rank FROM users") == [
         {"ip": "192.0.2.7", "code": "abc", "rank": 2}
