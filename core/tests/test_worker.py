@@ -408,42 +408,61 @@ async def test_stop_finishes_the_batch_in_flight(settings: Settings, redis: aior
         assert await pending_count(redis, settings, "capture") == 0
 
 
-async def test_the_next_batch_is_read_while_one_is_delivered(
+class ReadAhead:
+    """A worker held in its first delivery while three more entries wait, read ahead."""
+
+    def __init__(self, running: RunningWorker, capture: Any, release: asyncio.Event) -> None:
+        self.running = running
+        self.capture = capture
+        self.release = release
+        self.deliveries = 0
+        self.first = make_events(3)
+        self.read_ahead = [make_events(4) for _ in range(3)]
+
+
+@contextlib.asynccontextmanager
+async def held_with_entries_read_ahead(
     settings: Settings, redis: aioredis.Redis
-) -> None:
-    deliveries = 0
+) -> AsyncIterator[ReadAhead]:
     entered = asyncio.Event()
     release = asyncio.Event()
+    state: ReadAhead | None = None
 
     async def gate_the_first(events: list[Event]) -> None:
-        nonlocal deliveries
-        deliveries += 1
-        if deliveries == 1:
+        assert state is not None
+        state.deliveries += 1
+        if state.deliveries == 1:
             entered.set()
             await release.wait()
 
     capture = capture_sink_plugin(
         "capture", deliver=gate_the_first, batch_size=100, max_wait_seconds=0.05
     )
-    first = make_events(3)
-    during = [make_events(4) for _ in range(3)]
     async with running_worker(settings, (capture.plugin, capture.name)) as running:
+        state = ReadAhead(running, capture, release)
         async with event_buffer(redis, settings) as buffer:
-            await buffer.append("src-1", first)
+            await buffer.append("src-1", state.first)
             await asyncio.wait_for(entered.wait(), DEADLINE_SECONDS)
-            for events in during:
+            for events in state.read_ahead:
                 await buffer.append("src-1", events)
         # Still delivering the first batch, the consumer has already taken the next entries
-        # (they are pending to it: 1 entry in flight + 3 read ahead)...
-        await wait_until(_pending_is(redis, settings, "capture", 4), "the next entries read ahead")
-        assert deliveries == 1 and not capture.batches
-        # ...and once the first batch is done they go out together, in stream order, once.
-        release.set()
+        # (they are pending to it: 1 entry in flight + 3 read ahead).
+        await wait_until(_pending_is(redis, settings, "capture", 4), "the entries read ahead")
+        yield state
+
+
+async def test_the_next_batch_is_read_while_one_is_delivered(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    async with held_with_entries_read_ahead(settings, redis) as held:
+        assert held.deliveries == 1 and not held.capture.batches
+        # Once the first batch is done they go out together, in stream order, once.
+        held.release.set()
         await wait_until(lambda: group_caught_up(redis, settings, "capture"), "acks")
-        assert not running.task.done()
-    assert [[e.message_id for e in batch] for batch in capture.batches] == [
-        [e.message_id for e in first],
-        [e.message_id for events in during for e in events],
+        assert not held.running.task.done()
+    assert [[e.message_id for e in batch] for batch in held.capture.batches] == [
+        [e.message_id for e in held.first],
+        [e.message_id for events in held.read_ahead for e in events],
     ]
 
 
@@ -452,29 +471,13 @@ async def test_entries_read_ahead_by_a_stopping_worker_are_taken_over_at_once(
 ) -> None:
     # A claim idle time far past this test's deadline: only the release makes B take them.
     settings = msgspec.structs.replace(settings, worker_claim_idle_ms=600_000)
-    entered = asyncio.Event()
-    release = asyncio.Event()
-
-    async def gate(events: list[Event]) -> None:
-        entered.set()
-        await release.wait()
-
-    gated = capture_sink_plugin("capture", deliver=gate, batch_size=100, max_wait_seconds=0.05)
-    first = make_events(3)
-    read_ahead = [make_events(4) for _ in range(3)]
-    async with running_worker(settings, (gated.plugin, gated.name)) as a:
-        async with event_buffer(redis, settings) as buffer:
-            await buffer.append("src-1", first)
-            await asyncio.wait_for(entered.wait(), DEADLINE_SECONDS)
-            for events in read_ahead:
-                await buffer.append("src-1", events)
-        await wait_until(_pending_is(redis, settings, "capture", 4), "entries read ahead")
-        a.stop.set()
-        release.set()
-        await asyncio.wait_for(a.task, DEADLINE_SECONDS)
+    async with held_with_entries_read_ahead(settings, redis) as held:
+        held.running.stop.set()
+        held.release.set()
+        await asyncio.wait_for(held.running.task, DEADLINE_SECONDS)
     # A delivered its batch in flight and kept the rest pending, idle as long as the claim idle
     # time already, so any worker's next reclaim takes them.
-    assert gated.batches == [first]
+    assert held.capture.batches == [held.first]
     stream = stream_key(settings.key_prefix)
     pending = await redis.xpending_range(stream, "capture", min="-", max="+", count=10)
     assert len(pending) == 3
@@ -484,7 +487,7 @@ async def test_entries_read_ahead_by_a_stopping_worker_are_taken_over_at_once(
     async with running_worker(settings, (b.plugin, b.name)):
         await wait_until(lambda: group_caught_up(redis, settings, "capture"), "B's acks")
     assert sorted(delivered_ids(b.batches)) == sorted(
-        e.message_id for events in read_ahead for e in events
+        e.message_id for events in held.read_ahead for e in events
     )
 
 
