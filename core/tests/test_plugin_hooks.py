@@ -27,18 +27,13 @@ from litestar.testing import AsyncTestClient
 
 from signalsmith import hookimpl, hookspecs
 from signalsmith.app import create_app
-from signalsmith.buffer import dead_letter_key, seen_key_prefix, stream_key
+from signalsmith.boot import plugin_manager_for, start_runtime, stop_runtime
+from signalsmith.buffer import seen_key_prefix
 from signalsmith.cli import build_cli
 from signalsmith.config import Settings
+from signalsmith.hooks import Hooks
 from signalsmith.model import Event, Track, event_list_decoder
-from signalsmith.plugins import (
-    PluginConfigError,
-    build_plugin_manager,
-    impls_in_call_order,
-    plugin_infos,
-    registered_sinks,
-    registered_transforms,
-)
+from signalsmith.plugins import PluginConfigError, build_plugin_manager, plugin_infos
 from signalsmith.records import (
     Credentials,
     Drop,
@@ -47,9 +42,10 @@ from signalsmith.records import (
     Sink,
     Source,
     StageResult,
-    Transform,
+    TransformType,
 )
-from signalsmith.runtime import Runtime, plugin_manager_for, start_runtime, stop_runtime
+from signalsmith.runtime import Runtime
+from signalsmith.stream import dead_letter_key, stream_key
 from signalsmith.testing import StaticKeys, capture_sink_plugin, track
 from signalsmith.worker import Worker
 
@@ -350,7 +346,7 @@ async def test_chained_implementations_each_get_the_previous_output(
         load_entry_points=False,
         extra_plugins=[static_keys(), (suffixer, "suffixer"), (Renamer(), "renamer")],
     )
-    assert [impl.plugin_name for impl in impls_in_call_order(pm, "transform_events")] == [
+    assert [plugin.plugin_name for plugin in Hooks(pm).per_plugin("transform_events")] == [
         "renamer",
         "suffixer",
     ]
@@ -368,7 +364,7 @@ class NamedTransforms:
     """Registers two named transforms; a source lists them, in the order it wants."""
 
     @hookimpl
-    def register_transforms(self, register: Callable[[Transform], None]) -> None:
+    def register_transforms(self, register: Callable[[TransformType], None]) -> None:
         def add_suffix(source: Source, events: list[Event]) -> StageResult:
             return StageResult(
                 events=[msgspec.structs.replace(e, event=f"{e.event} v2") for e in events]
@@ -379,8 +375,8 @@ class NamedTransforms:
                 events=[msgspec.structs.replace(e, event=e.event.upper()) for e in events]
             )
 
-        register(Transform(name="add-suffix", apply=add_suffix))
-        register(Transform(name="shout", apply=shout))
+        register(TransformType(name="add-suffix", build=lambda _settings: add_suffix))
+        register(TransformType(name="shout", build=lambda _settings: shout))
 
 
 @pytest.mark.parametrize(
@@ -428,6 +424,7 @@ async def test_source_naming_an_unknown_transform_gets_a_clear_500(
     assert status == 500
     assert body["code"] == "unknown_transform"
     assert "'nope'" in body["message"] and "add-suffix, shout" in body["message"]
+    assert "SIGNALSMITH_TRANSFORMS" in body["message"]
     assert await buffered_events(redis, settings) == []
 
 
@@ -497,7 +494,7 @@ async def test_failing_observer_does_not_stop_the_others(
         extra_plugins=[static_keys(), (working, "working-observer"), (broken, "broken-observer")],
     )
     # The broken observer is called first, so the working one proves the isolation.
-    assert [impl.plugin_name for impl in impls_in_call_order(pm, "observe_outcomes")] == [
+    assert [plugin.plugin_name for plugin in Hooks(pm).per_plugin("observe_outcomes")] == [
         "broken-observer",
         "working-observer",
     ]
@@ -506,7 +503,7 @@ async def test_failing_observer_does_not_stop_the_others(
     # A handler on the pipeline's own logger: the Litestar app reconfigures the root logger
     # when it starts, which detaches pytest's caplog handler.
     failures = RecordingHandler()
-    pipeline_log = logging.getLogger("signalsmith.pipeline")
+    pipeline_log = logging.getLogger("signalsmith.hooks")
     pipeline_log.addHandler(failures)
     try:
         status, body = await post_track(settings, pm, message)
@@ -690,7 +687,7 @@ def test_duplicate_destination_name_is_a_startup_error_naming_both_plugins() -> 
         ],
     )
     with pytest.raises(PluginConfigError) as raised:
-        registered_sinks(pm)
+        Hooks(pm).sinks()
     message = str(raised.value)
     assert "'shared'" in message
     assert "dest-alpha" in message
@@ -706,7 +703,7 @@ def test_sink_name_shared_by_destination_and_warehouse_is_an_error() -> None:
         ],
     )
     with pytest.raises(PluginConfigError, match="dest-plugin") as raised:
-        registered_sinks(pm)
+        Hooks(pm).sinks()
     assert "warehouse-plugin" in str(raised.value)
 
 
@@ -718,7 +715,7 @@ def test_registered_sinks_are_stamped_with_kind_and_plugin() -> None:
             (WarehousePlugin("clickhouse"), "warehouse-plugin"),
         ],
     )
-    sinks = {sink.name: (sink.kind, sink.plugin) for sink in registered_sinks(pm)}
+    sinks = {sink.name: (sink.kind, sink.plugin) for sink in Hooks(pm).sinks()}
     assert sinks == {
         "webhook": ("destination", "dest-plugin"),
         "clickhouse": ("warehouse", "warehouse-plugin"),
@@ -727,8 +724,8 @@ def test_registered_sinks_are_stamped_with_kind_and_plugin() -> None:
 
 class LowercaseTransform:
     @hookimpl
-    def register_transforms(self, register: Callable[[Transform], None]) -> None:
-        register(Transform(name="lowercase", apply=lambda source, events: None))
+    def register_transforms(self, register: Callable[[TransformType], None]) -> None:
+        register(TransformType(name="lowercase", build=lambda _settings: lambda s, e: None))
 
 
 def test_duplicate_transform_name_is_an_error_naming_both_plugins() -> None:
@@ -740,7 +737,7 @@ def test_duplicate_transform_name_is_an_error_naming_both_plugins() -> None:
         ],
     )
     with pytest.raises(PluginConfigError) as raised:
-        registered_transforms(pm)
+        Hooks(pm).transform_types()
     assert "transforms-one" in str(raised.value)
     assert "transforms-two" in str(raised.value)
 

@@ -26,14 +26,15 @@ import pytest
 import redis.asyncio as aioredis
 
 from signalsmith import hookimpl
-from signalsmith.buffer import EventBuffer, dead_letter_key, stream_key
+from signalsmith.boot import start_runtime, stop_runtime
+from signalsmith.buffer import EventBuffer
 from signalsmith.config import Settings
 from signalsmith.model import Event, Track, event_list_decoder, event_list_encoder
 from signalsmith.plugins import PluginConfigError, build_plugin_manager
 from signalsmith.records import Outcome, PermanentSinkError, Sink, SinkError
-from signalsmith.runtime import start_runtime, stop_runtime
-from signalsmith.testing import capture_sink_plugin, message_id
-from signalsmith.worker import Worker, trim_acknowledged
+from signalsmith.stream import dead_letter_key, stream_key, trim_acknowledged
+from signalsmith.testing import RunningWorker, capture_sink_plugin, message_id, running_worker
+from signalsmith.worker import Worker
 
 DEADLINE_SECONDS = 30.0
 
@@ -67,36 +68,6 @@ async def event_buffer(redis: aioredis.Redis, settings: Settings) -> AsyncIterat
         yield buffer
     finally:
         await buffer.close()
-
-
-class RunningWorker:
-    def __init__(self, worker: Worker, stop: asyncio.Event, task: asyncio.Task[None]) -> None:
-        self.worker = worker
-        self.stop = stop
-        self.task = task
-
-
-@contextlib.asynccontextmanager
-async def running_worker(
-    settings: Settings,
-    *plugins: tuple[object, str],
-    only: list[str] | None = None,
-    **options: Any,
-) -> AsyncIterator[RunningWorker]:
-    """A Worker running in this event loop on a fresh plugin manager, stopped on exit."""
-    pm = build_plugin_manager(load_entry_points=False, extra_plugins=list(plugins))
-    runtime = await start_runtime(settings, "worker", pm=pm)
-    try:
-        worker = Worker(runtime, only, **options)
-        stop = asyncio.Event()
-        task = asyncio.create_task(worker.run(stop))
-        try:
-            yield RunningWorker(worker, stop, task)
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, timeout=DEADLINE_SECONDS)
-    finally:
-        await stop_runtime(runtime)
 
 
 async def wait_until(condition: Callable[[], Any], what: str) -> None:
@@ -399,7 +370,7 @@ async def test_stop_finishes_the_batch_in_flight(settings: Settings, redis: aior
         async with event_buffer(redis, settings) as buffer:
             await buffer.append("src-1", events)
         await asyncio.wait_for(entered.wait(), DEADLINE_SECONDS)
-        running.stop.set()
+        running.stop_event.set()
         await asyncio.sleep(0.2)
         assert not running.task.done()  # it waits for the sink, whose call is still running
         release.set()
@@ -472,7 +443,7 @@ async def test_entries_read_ahead_by_a_stopping_worker_are_taken_over_at_once(
     # A claim idle time far past this test's deadline: only the release makes B take them.
     settings = msgspec.structs.replace(settings, worker_claim_idle_ms=600_000)
     async with held_with_entries_read_ahead(settings, redis) as held:
-        held.running.stop.set()
+        held.running.stop_event.set()
         held.release.set()
         await asyncio.wait_for(held.running.task, DEADLINE_SECONDS)
     # A delivered its batch in flight and kept the rest pending, idle as long as the claim idle
@@ -542,7 +513,7 @@ STUCK_WORKER = textwrap.dedent(
     from signalsmith.config import Settings
     from signalsmith.plugins import build_plugin_manager
     from signalsmith.records import Sink
-    from signalsmith.runtime import start_runtime
+    from signalsmith.boot import start_runtime
     from signalsmith.worker import Worker
 
     redis_url, key_prefix, consumer, marker = sys.argv[1:5]

@@ -1,12 +1,18 @@
 """SignalSmith: a self-hosted, Segment-compatible customer-event pipeline.
 
-Plugins import ``hookimpl`` from here and the records they exchange with the core.
+Plugins import everything they use from here (and ``signalsmith.testing`` in their tests):
+``hookimpl``, the event model, the records hooks exchange, ``Runtime`` and ``Settings``, and the
+helpers a plugin's CLI commands and admin routes need. Nothing else of the core is a plugin's
+to import; import-linter holds that in CI.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import pluggy
 
+from signalsmith.config import Settings
 from signalsmith.model import (
     Alias,
     Event,
@@ -20,24 +26,56 @@ from signalsmith.model import (
 )
 from signalsmith.records import (
     Credentials,
+    DeliveryReport,
     Drop,
     Outcome,
     PermanentSinkError,
     Refusal,
+    Routing,
     Sink,
     SinkError,
     Source,
     StageResult,
     Transform,
+    TransformType,
 )
+from signalsmith.runtime import Runtime
+
+if TYPE_CHECKING:
+    from signalsmith.admin import AdminClient
+    from signalsmith.cli import cli_runtime, print_table, run_with_runtime, settings_of
+    from signalsmith.di import RuntimeDependency
 
 __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("signalsmith")
 
+# Helpers for plugins' CLI commands, routes and admin clients, imported on first use: a worker
+# never needs click, Litestar or the admin client.
+_LAZY = {
+    "AdminClient": "signalsmith.admin",
+    "RuntimeDependency": "signalsmith.di",
+    "cli_runtime": "signalsmith.cli",
+    "print_table": "signalsmith.cli",
+    "run_with_runtime": "signalsmith.cli",
+    "settings_of": "signalsmith.cli",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'signalsmith' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module_name), name)
+
+
 __all__ = [
+    "AdminClient",
     "Alias",
     "Credentials",
+    "DeliveryReport",
     "Drop",
     "Event",
     "EventBase",
@@ -47,14 +85,23 @@ __all__ = [
     "Page",
     "PermanentSinkError",
     "Refusal",
+    "Routing",
+    "Runtime",
+    "RuntimeDependency",
     "Screen",
+    "Settings",
     "Sink",
     "SinkError",
     "Source",
     "StageResult",
     "Track",
     "Transform",
+    "TransformType",
     "__version__",
+    "cli_runtime",
     "hookimpl",
+    "print_table",
+    "run_with_runtime",
+    "settings_of",
     "to_segment_dict",
 ]

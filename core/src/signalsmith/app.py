@@ -20,18 +20,21 @@ from typing import Any
 import msgspec
 import pluggy
 from litestar import Litestar, Request, Response, Router, get
+from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.handlers import asgi
 from litestar.types import Receive, Scope, Send
 
 from signalsmith.admin import ADMIN_PATH, make_admin_guard
+from signalsmith.boot import plugin_manager_for, start_runtime, stop_runtime
 from signalsmith.buffer import EventBuffer
 from signalsmith.config import Settings
 from signalsmith.gc_tuning import tune_gc
+from signalsmith.hooks import Hooks
 from signalsmith.pipeline import Answer, ErrorBody, Pipeline
-from signalsmith.plugins import call_impl, impls_in_call_order, plugin_infos
+from signalsmith.plugins import plugin_infos
 from signalsmith.records import Credentials, PluginInfo
-from signalsmith.runtime import Runtime, plugin_manager_for, start_runtime, stop_runtime
+from signalsmith.runtime import Runtime
 
 log = logging.getLogger("signalsmith.app")
 
@@ -340,6 +343,7 @@ def create_app(
         role = "embedded" if settings.embedded_worker else "collector"
         runtime = await start_runtime(settings, role, pm=pm)
         state.runtime = runtime
+        app.state.runtime = runtime  # for tests and tools holding the app
         state.buffer = EventBuffer(
             runtime.redis,
             key_prefix=settings.key_prefix,
@@ -436,12 +440,10 @@ def create_app(
             plugins=plugin_infos(pm),
         )
 
+    hooks = Hooks(pm)
     handlers: list[Any] = [ingest, healthz, readyz, list_plugins, browser_settings]
-    for impl in impls_in_call_order(pm, "register_routes"):
-        call_impl(impl, register=handlers.append)
-    admin_handlers: list[Any] = [admin_status]
-    for impl in impls_in_call_order(pm, "register_admin_routes"):
-        call_impl(impl, register=admin_handlers.append)
+    handlers += hooks.routes()
+    admin_handlers: list[Any] = [admin_status, *hooks.admin_routes()]
     handlers.append(
         Router(
             path=ADMIN_PATH,
@@ -451,8 +453,13 @@ def create_app(
         )
     )
 
+    def current_runtime() -> Runtime:
+        return state.runtime
+
     app = CollectorApp(
         route_handlers=handlers,
+        # Any handler (a plugin's too) that declares `runtime: Runtime` receives this process's.
+        dependencies={"runtime": Provide(current_runtime, sync_to_thread=False)},
         lifespan=[lifespan],
         # Leave the root logger to the process (CLI, Granian, pytest's caplog).
         logging_config=None,

@@ -9,11 +9,18 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
 DEFAULT_DATA_DIR = ".signalsmith"
+
+
+class TransformDeclaration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One configured transform instance: the type it is made from and that type's settings."""
+
+    type: str
+    settings: dict[str, Any] = {}
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,6 +49,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     plugins_block: tuple[str, ...] = ()
     # Extra plugin modules by import path (local plugins not installed as distributions).
     plugin_modules: tuple[str, ...] = ()
+    # Log every hook call through pluggy's tracing (SIGNALSMITH_TRACE_HOOKS=1).
+    trace_hooks: bool = False
+    # Transform instances a source can list, by name: a JSON object
+    # {"name": {"type": "<registered type>", "settings": {...}}} (SIGNALSMITH_TRANSFORMS).
+    transforms: dict[str, TransformDeclaration] = {}
     # Run the worker inside the collector process (the embedded `serve`): one process then
     # holds everything, including an embedded warehouse that only one process may open.
     embedded_worker: bool = False
@@ -71,7 +83,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
         fields: dict[str, object] = {}
         for field in msgspec.structs.fields(cls):
-            if field.name in ("plugins_allow", "plugins_block", "plugin_modules"):
+            if field.name in ("plugins_allow", "plugins_block", "plugin_modules", "transforms"):
                 continue
             raw = get(field.name.upper())
             if raw is not None:
@@ -80,4 +92,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         fields["plugins_allow"] = names("LOAD_PLUGINS")
         fields["plugins_block"] = names("BLOCK_PLUGINS") or ()
         fields["plugin_modules"] = names("PLUGIN_MODULES") or ()
+        transforms = get("TRANSFORMS")
+        if transforms is not None:
+            try:
+                fields["transforms"] = msgspec.json.decode(transforms)
+            except msgspec.DecodeError as error:
+                raise msgspec.ValidationError(
+                    f"SIGNALSMITH_TRANSFORMS is not JSON: {error}"
+                ) from None
         return msgspec.convert(fields, cls, strict=False)

@@ -14,13 +14,12 @@ from functools import partial
 from typing import Any
 
 import msgspec
-import pluggy
 from redis.exceptions import RedisError
 
 from signalsmith.buffer import BacklogFull, BufferUnavailable, EventBuffer
+from signalsmith.hooks import PluginCall, PluginFailed, resolve
 from signalsmith.model import Event
 from signalsmith.normalize import RequestError, normalise_messages, parse_request
-from signalsmith.plugins import call_impl, impls_in_call_order, resolve
 from signalsmith.records import Credentials, Drop, Outcome, Refusal, Rejection, Source, StageResult
 from signalsmith.runtime import Runtime
 
@@ -90,14 +89,8 @@ class _Step(msgspec.Struct, frozen=True, kw_only=True):
     run: Callable[[Source, list[Event]], Any]
 
 
-def _call_stage(impl: pluggy.HookImpl, source: Source, events: list[Event]) -> Any:
-    return call_impl(impl, source=source, events=events)
-
-
-class AuthenticatorFailed(Exception):
-    def __init__(self, plugin_name: str) -> None:
-        super().__init__(plugin_name)
-        self.plugin_name = plugin_name
+def _call_stage(plugin: PluginCall, runtime: Runtime, source: Source, events: list[Event]) -> Any:
+    return plugin(source=source, events=events, runtime=runtime)
 
 
 class Pipeline:
@@ -107,26 +100,22 @@ class Pipeline:
         self.runtime = runtime
         self.buffer = buffer
         self.settings = runtime.settings
-        pm = runtime.pm
-        # Hook implementations are looked up once: the request path only iterates lists.
+        self.hooks = runtime.hooks
+        # Each plugin's caller is looked up once: the request path only iterates lists.
         self._hook_steps = {
             name: [
                 _Step(
                     stage=STAGE_NAMES[name],
                     hook_name=name,
-                    owner=f"plugin {impl.plugin_name!r}",
-                    run=partial(_call_stage, impl),
+                    owner=f"plugin {plugin.plugin_name!r}",
+                    run=partial(_call_stage, plugin, runtime),
                 )
-                for impl in impls_in_call_order(pm, name)
+                for plugin in self.hooks.per_plugin(name)
             ]
             for name in GATE_STAGES
         }
         self._default_steps = [step for name in GATE_STAGES for step in self._hook_steps[name]]
-        self._observers = impls_in_call_order(pm, "observe_outcomes")
-        # Called impl by impl (not pm.hook.authenticate): an async authenticator returns a
-        # coroutine, which pluggy's firstresult would take as an answer even if it resolves None.
-        self._authenticators = impls_in_call_order(pm, "authenticate")
-        self._admitters = impls_in_call_order(pm, "admit_events")
+        self._observers = self.hooks.has_observers
         self._transforms = runtime.transforms
 
     async def ingest(
@@ -171,7 +160,7 @@ class Pipeline:
                 f"write keys cannot be checked now (Redis unreachable: {error})",
                 {"Retry-After": str(settings.retry_after_seconds)},
             )
-        except AuthenticatorFailed as failure:
+        except PluginFailed as failure:
             log.exception("plugin %s failed in authenticate", failure.plugin_name)
             return _error(
                 500,
@@ -185,39 +174,40 @@ class Pipeline:
                 "write key not recognised; create one with `signalsmith keys create`",
             )
 
-        for impl in self._admitters:
-            try:
-                refusal: Refusal | None = await resolve(
-                    call_impl(impl, source=source, count=len(request.messages), path=path)
-                )
-            except (RedisError, OSError) as error:
-                return _error(
-                    503,
-                    "admit_unavailable",
-                    f"rate limits cannot be checked now (Redis unreachable: {error})",
-                    {"Retry-After": str(settings.retry_after_seconds)},
-                )
-            except Exception:
-                log.exception("plugin %s failed in admit_events", impl.plugin_name)
-                return _error(
-                    500,
-                    "admit_failed",
-                    f"plugin {impl.plugin_name!r} failed in admit_events; see server logs",
-                )
-            if refusal is not None:
-                if refusal.status != 429:
-                    # Not a rate limit (a revoked key, a batch that can never fit): no
-                    # Retry-After, so clients do not wait and try again.
-                    return _error(refusal.status, refusal.reason, refusal.message)
-                reset = (
-                    refusal.reset_after if refusal.reset_after is not None else refusal.retry_after
-                )
-                return _error(
-                    429,
-                    refusal.reason,
-                    refusal.message,
-                    {"Retry-After": str(refusal.retry_after), "X-RateLimit-Reset": str(reset)},
-                )
+        try:
+            refusal: Refusal | None = await self.hooks.admit_events(
+                source,
+                len(request.messages),
+                path,
+                self.runtime,
+                errors_pass=(RedisError, OSError),
+            )
+        except (RedisError, OSError) as error:
+            return _error(
+                503,
+                "admit_unavailable",
+                f"rate limits cannot be checked now (Redis unreachable: {error})",
+                {"Retry-After": str(settings.retry_after_seconds)},
+            )
+        except PluginFailed as failure:
+            log.exception("plugin %s failed in admit_events", failure.plugin_name)
+            return _error(
+                500,
+                "admit_failed",
+                f"plugin {failure.plugin_name!r} failed in admit_events; see server logs",
+            )
+        if refusal is not None:
+            if refusal.status != 429:
+                # Not a rate limit (a revoked key, a batch that can never fit): no
+                # Retry-After, so clients do not wait and try again.
+                return _error(refusal.status, refusal.reason, refusal.message)
+            reset = refusal.reset_after if refusal.reset_after is not None else refusal.retry_after
+            return _error(
+                429,
+                refusal.reason,
+                refusal.message,
+                {"Retry-After": str(refusal.retry_after), "X-RateLimit-Reset": str(reset)},
+            )
 
         received_at = datetime.now(UTC)
         normalised = normalise_messages(
@@ -338,8 +328,9 @@ class Pipeline:
             transform = self._transforms.get(name)
             if transform is None:
                 raise UnknownTransform(
-                    f"source {source.name!r} lists transform {name!r}, which no installed plugin "
-                    f"registers (registered: {', '.join(sorted(self._transforms)) or 'none'})"
+                    f"source {source.name!r} lists transform {name!r}, which is not configured "
+                    f"(configured: {', '.join(sorted(self._transforms)) or 'none'}); declare it "
+                    "in SIGNALSMITH_TRANSFORMS"
                 )
             named.append(
                 _Step(
@@ -357,27 +348,17 @@ class Pipeline:
         ]
 
     async def authenticate(self, credentials: Credentials) -> Source | None:
-        """The Source of the first authenticator that knows one of the offered keys."""
-        for impl in self._authenticators:
-            try:
-                source = await resolve(call_impl(impl, credentials=credentials))
-            except (RedisError, OSError):
-                raise
-            except Exception as error:
-                raise AuthenticatorFailed(impl.plugin_name) from error
-            if source is not None:
-                return source
-        return None
+        """The Source of the first authenticator that knows one of the offered keys.
+
+        A Redis error passes as it is; any other failure is ``PluginFailed``.
+        """
+        return await self.hooks.authenticate(
+            credentials, self.runtime, errors_pass=(RedisError, OSError)
+        )
 
     async def observe(self, outcomes: list[Outcome]) -> None:
         """Tell every observer; one that fails is logged and the others still run."""
-        if not outcomes:
-            return
-        for impl in self._observers:
-            try:
-                await resolve(call_impl(impl, outcomes=outcomes))
-            except Exception:
-                log.exception("observer %s failed", impl.plugin_name)
+        await self.hooks.observe(outcomes, self.runtime)
 
 
 def _rejected_outcomes(rejected: list[Rejection], source: Source) -> list[Outcome]:

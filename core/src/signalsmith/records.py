@@ -77,6 +77,7 @@ StageStatus = Literal[
     "violation",
     "transformed",
     "dropped",
+    "skipped",
     "buffered",
     "delivered",
     "retried",
@@ -85,7 +86,12 @@ StageStatus = Literal[
 
 
 class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """What happened to one event at one stage; observers (debugger, metrics) receive these."""
+    """What happened to one event at one stage; observers (debugger, metrics) receive these.
+
+    ``event`` is the event as the stage left it (the object the pipeline holds, not a copy:
+    observers must not change it). A message refused before it became an event (a 401, a
+    rejection at normalisation) carries its raw JSON in ``payload`` instead, when it had one.
+    """
 
     stage: str
     status: StageStatus
@@ -94,6 +100,8 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     reason: str | None = None
     detail: str | None = None
     sink: str | None = None
+    event: Event | None = None
+    payload: bytes | None = None
 
 
 class StageResult(msgspec.Struct, kw_only=True):
@@ -111,6 +119,22 @@ class StageResult(msgspec.Struct, kw_only=True):
 SinkKind = Literal["destination", "warehouse"]
 
 
+class Routing(msgspec.Struct, frozen=True, kw_only=True):
+    """Which events a sink takes. The worker applies it before the sink's plugin sees a batch,
+    so no destination filters for itself; events a sink does not take are acknowledged for it.
+
+    Every rule that is set must hold: the event's type is in ``types``, a track's event name
+    matches one of ``events`` (shell-style patterns such as ``Order *``; other types pass this
+    rule), and the event's consent (``context.consent.categoryPreferences``) grants every
+    category in ``consent``. An event without a consent object is not held back by ``consent``
+    (Segment's rule); an empty preferences object grants nothing.
+    """
+
+    types: tuple[str, ...] = ()
+    events: tuple[str, ...] = ()
+    consent: tuple[str, ...] = ()
+
+
 class Sink(msgspec.Struct, frozen=True, kw_only=True):
     """A named place events are delivered to by the worker, each with its own consumer group.
 
@@ -125,16 +149,50 @@ class Sink(msgspec.Struct, frozen=True, kw_only=True):
     batch_size: int = 500
     max_wait_seconds: float = 1.0
     max_attempts: int = 6
+    routing: Routing = Routing()
     options: dict[str, Any] = {}
 
 
-class Transform(msgspec.Struct, frozen=True, kw_only=True):
-    """A named in-flight transformation a source can list in its configured order."""
+class DeliveryReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What a sink says about a batch event by event (``deliver_events`` and ``write_events``
+    may return one). Events it does not name were delivered.
+
+    ``retry`` events are tried again, without the others, after a backoff (``retry_after``
+    seconds when set); ``rejected`` events are dead-lettered at once. Both map a
+    ``message_id`` to its reason, which observers and the dead-letter stream are told.
+    """
+
+    retry: dict[str, str] = {}
+    rejected: dict[str, str] = {}
+    retry_after: float | None = None
+
+
+TransformFunction = Callable[[Source, list[Event]], Any]
+
+
+class TransformType(msgspec.Struct, frozen=True, kw_only=True):
+    """A kind of in-flight transformation a plugin provides (``register_transforms``).
+
+    Configuration makes named instances of it: the core checks an instance's settings against
+    ``settings`` (a msgspec Struct type; None when the type takes none) and calls
+    ``build(settings)`` once, at startup, for the instance's function, which is called as
+    ``apply(source, events)`` and follows the ``transform_events`` return contract.
+    """
 
     name: str
-    apply: Callable[[Source, list[Event]], Any]
+    build: Callable[[Any], TransformFunction]
+    settings: type[msgspec.Struct] | None = None
     plugin: str = ""
     description: str = ""
+
+
+class Transform(msgspec.Struct, frozen=True, kw_only=True):
+    """A configured transform instance: the name a source lists, and the function it runs."""
+
+    name: str
+    type: str
+    apply: TransformFunction
+    plugin: str = ""
 
 
 class PluginInfo(msgspec.Struct, frozen=True, kw_only=True):

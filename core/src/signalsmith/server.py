@@ -19,10 +19,9 @@ from granian import Granian
 from granian.constants import HTTPModes, Interfaces, Loops
 
 from signalsmith.admin import ensure_admin_token, write_server_file
+from signalsmith.boot import plugin_manager_for, start_runtime, stop_runtime
 from signalsmith.config import Settings
 from signalsmith.embedded import RedisServerProcess
-from signalsmith.plugins import call_impl, impls_in_call_order, resolve
-from signalsmith.runtime import plugin_manager_for, start_runtime, stop_runtime
 
 log = logging.getLogger("signalsmith.server")
 
@@ -54,10 +53,7 @@ def granian_server(
 async def _embedded_defaults(settings: Settings) -> dict[str, str]:
     runtime = await start_runtime(settings, "cli", pm=plugin_manager_for(settings))
     try:
-        found: dict[str, str] = {}
-        for impl in impls_in_call_order(runtime.pm, "embedded_defaults"):
-            found.update(await resolve(call_impl(impl, runtime=runtime)) or {})
-        return found
+        return await runtime.hooks.embedded_defaults(runtime)
     finally:
         await stop_runtime(runtime)
 

@@ -10,9 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from signalsmith import hookimpl
-from signalsmith.model import Event
-from signalsmith.records import Sink, SinkError
+from signalsmith import Event, Sink, SinkError, hookimpl
 from signalsmith_warehouse_clickhouse.config import WarehouseConfig
 
 # clickhouse-connect itself is imported only when a warehouse is opened.
@@ -21,21 +19,17 @@ from signalsmith_warehouse_clickhouse.warehouse import ClickHouseWarehouse, Ware
 if TYPE_CHECKING:
     import click
 
-    from signalsmith.runtime import Runtime
+    from signalsmith import Runtime
 
 STATE_KEY = "warehouse-clickhouse"
 
 log = logging.getLogger("signalsmith.warehouse_clickhouse")
 
-# ``write_events`` and the admin route receive no runtime, so the warehouse ``startup`` opened
-# is found here. A list, as in auth-writekey: a process (or a test) may run several runtimes,
-# and the one that shuts down must not take the others' warehouse with it.
-_warehouses: list[ClickHouseWarehouse] = []
 
-
-def current_warehouse() -> ClickHouseWarehouse | None:
-    """The warehouse this process holds (the newest started), if it holds one."""
-    return _warehouses[-1] if _warehouses else None
+def held_warehouse(runtime: Runtime) -> ClickHouseWarehouse | None:
+    """The warehouse this process holds (``startup`` opened it), if it holds one."""
+    warehouse = runtime.state.get(STATE_KEY)
+    return warehouse if isinstance(warehouse, ClickHouseWarehouse) else None
 
 
 @hookimpl
@@ -69,7 +63,6 @@ async def startup(runtime: Runtime) -> None:
         # connected on first use instead: it may come up after this process.
         await warehouse.open()
     runtime.state[STATE_KEY] = warehouse
-    _warehouses.append(warehouse)
 
 
 @hookimpl
@@ -87,14 +80,12 @@ async def shutdown(runtime: Runtime) -> None:
     warehouse = runtime.state.pop(STATE_KEY, None)
     if warehouse is None:
         return
-    if warehouse in _warehouses:
-        _warehouses.remove(warehouse)
     await warehouse.close()
 
 
 @hookimpl
-async def write_events(warehouse: Sink, events: list[Event]) -> None:
-    holder = current_warehouse()
+async def write_events(warehouse: Sink, events: list[Event], runtime: Runtime) -> None:
+    holder = held_warehouse(runtime)
     if holder is None:
         raise SinkError(
             f"{warehouse.name}: the warehouse is not open in this process; its startup hook "
@@ -123,7 +114,7 @@ def register_admin_routes(register: Callable[[Any], None]) -> None:
     # Imported here: only the HTTP app needs Litestar's handler machinery.
     from signalsmith_warehouse_clickhouse.admin_routes import sql_route
 
-    register(sql_route(current_warehouse))
+    register(sql_route(held_warehouse))
 
 
 @hookimpl

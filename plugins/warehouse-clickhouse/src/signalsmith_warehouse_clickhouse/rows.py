@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from signalsmith.model import Alias, Event, Group, Identify, Page, Screen, Track
+from signalsmith import Alias, Event, Group, Identify, Page, Screen, Track
 from signalsmith_warehouse_clickhouse.naming import column_name
 from signalsmith_warehouse_clickhouse.values import infer, sent_as, text_of
 

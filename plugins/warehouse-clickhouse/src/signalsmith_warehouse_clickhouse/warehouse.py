@@ -31,7 +31,7 @@ from uuid import UUID
 
 import msgspec
 
-from signalsmith.model import Event, Track
+from signalsmith import Event, Track
 from signalsmith_warehouse_clickhouse.config import Target, WarehouseConfig
 from signalsmith_warehouse_clickhouse.naming import (
     DISCARDS_TABLE,
