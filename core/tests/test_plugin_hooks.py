@@ -23,16 +23,14 @@ import pluggy
 import pytest
 import redis.asyncio as aioredis
 from click.testing import CliRunner
-from litestar.testing import AsyncTestClient
 
 from signalsmith import hookimpl, hookspecs
-from signalsmith.app import create_app
-from signalsmith.boot import plugin_manager_for, start_runtime, stop_runtime
+from signalsmith.boot import plugin_manager_for
 from signalsmith.buffer import seen_key_prefix
 from signalsmith.cli import build_cli
 from signalsmith.config import Settings
 from signalsmith.hooks import Hooks
-from signalsmith.model import Event, Track, event_list_decoder
+from signalsmith.model import Event, Track
 from signalsmith.plugins import PluginConfigError, build_plugin_manager, plugin_infos
 from signalsmith.records import (
     Credentials,
@@ -46,8 +44,15 @@ from signalsmith.records import (
 )
 from signalsmith.runtime import Runtime
 from signalsmith.stream import dead_letter_key, stream_key
-from signalsmith.testing import StaticKeys, capture_sink_plugin, track
-from signalsmith.worker import Worker
+from signalsmith.testing import (
+    StaticKeys,
+    capture_sink_plugin,
+    collector_client,
+    plugin_manager,
+    running_worker,
+    track,
+)
+from signalsmith.testing.stream import read_events
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "plugin-hooks.md"
 
@@ -256,16 +261,13 @@ class RecordingHandler(logging.Handler):
 
 async def buffered_events(redis: aioredis.Redis, settings: Settings) -> list[Event]:
     """Every event in the stream, in order, decoded as a consumer would."""
-    events: list[Event] = []
-    for _entry_id, fields in await redis.xrange(stream_key(settings.key_prefix)):
-        events.extend(event_list_decoder.decode(fields[b"d"]))
-    return events
+    return await read_events(redis, settings.key_prefix)
 
 
 async def post_track(
     settings: Settings, pm: pluggy.PluginManager, message: dict[str, Any]
 ) -> tuple[int, Any]:
-    async with AsyncTestClient(create_app(settings, pm)) as client:
+    async with collector_client(settings, pm=pm) as client:
         response = await client.post("/v1/track", json=message, headers=AUTH_HEADERS)
     return response.status_code, response.json()
 
@@ -277,9 +279,7 @@ async def test_collector_stages_run_in_documented_order(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
     recorder = StageRecorder()
-    pm = build_plugin_manager(
-        load_entry_points=False, extra_plugins=[static_keys(), (recorder, "recorder")]
-    )
+    pm = plugin_manager(static_keys(), (recorder, "recorder"))
     message = track("Order Completed")
 
     status, body = await post_track(settings, pm, message)
@@ -342,10 +342,7 @@ async def test_chained_implementations_each_get_the_previous_output(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
     suffixer = Suffixer()
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[static_keys(), (suffixer, "suffixer"), (Renamer(), "renamer")],
-    )
+    pm = plugin_manager(static_keys(), (suffixer, "suffixer"), (Renamer(), "renamer"))
     assert [plugin.plugin_name for plugin in Hooks(pm).per_plugin("transform_events")] == [
         "renamer",
         "suffixer",
@@ -391,13 +388,10 @@ async def test_named_transforms_run_in_the_order_the_source_lists(
 ) -> None:
     suffixer = Suffixer()
     source = Source(id="web", name="Website", settings={"transforms": order})
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[
-            (StaticKeys({WRITE_KEY: source}), "static-keys"),
-            (NamedTransforms(), "named"),
-            (suffixer, "suffixer"),
-        ],
+    pm = plugin_manager(
+        (StaticKeys({WRITE_KEY: source}), "static-keys"),
+        (NamedTransforms(), "named"),
+        (suffixer, "suffixer"),
     )
 
     status, body = await post_track(settings, pm, track("Order Completed"))
@@ -414,10 +408,7 @@ async def test_source_naming_an_unknown_transform_gets_a_clear_500(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
     source = Source(id="web", name="Website", settings={"transforms": ["shout", "nope"]})
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[(StaticKeys({WRITE_KEY: source}), "static-keys"), (NamedTransforms(), "n")],
-    )
+    pm = plugin_manager((StaticKeys({WRITE_KEY: source}), "static-keys"), (NamedTransforms(), "n"))
 
     status, body = await post_track(settings, pm, track())
 
@@ -448,10 +439,7 @@ async def test_stage_drops_are_reported_to_client_and_observers(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
     observer = CollectingObserver()
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[static_keys(), (ConsentByAnalytics(), "consent"), (observer, "observer")],
-    )
+    pm = plugin_manager(static_keys(), (ConsentByAnalytics(), "consent"), (observer, "observer"))
     allowed = track("Signed Up")
     declined = track(
         "Signed Up",
@@ -461,7 +449,7 @@ async def test_stage_drops_are_reported_to_client_and_observers(
         },
     )
 
-    async with AsyncTestClient(create_app(settings, pm)) as client:
+    async with collector_client(settings, pm=pm) as client:
         response = await client.post(
             "/v1/batch", json={"batch": [allowed, declined]}, headers=AUTH_HEADERS
         )
@@ -489,10 +477,7 @@ async def test_failing_observer_does_not_stop_the_others(
 ) -> None:
     broken = BrokenObserver()
     working = CollectingObserver()
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[static_keys(), (working, "working-observer"), (broken, "broken-observer")],
-    )
+    pm = plugin_manager(static_keys(), (working, "working-observer"), (broken, "broken-observer"))
     # The broken observer is called first, so the working one proves the isolation.
     assert [plugin.plugin_name for plugin in Hooks(pm).per_plugin("observe_outcomes")] == [
         "broken-observer",
@@ -538,31 +523,21 @@ async def test_failing_sink_does_not_stop_another_sink(
             and any(o.status == "dead_lettered" for o in outcomes)
         )
     )
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[
-            static_keys(),
-            (working.plugin, "working-destination"),
-            (broken.plugin, "broken-destination"),
-            (observer, "observer"),
-        ],
+    pm = plugin_manager(
+        static_keys(),
+        (working.plugin, "working-destination"),
+        (broken.plugin, "broken-destination"),
+        (observer, "observer"),
     )
-    async with AsyncTestClient(create_app(settings, pm)) as client:
+    async with collector_client(settings, pm=pm) as client:
         for message in messages:
             response = await client.post("/v1/track", json=message, headers=AUTH_HEADERS)
             assert response.status_code == 200, response.text
     observer.outcomes.clear()  # only the worker's outcomes from here on
 
-    runtime = await start_runtime(settings, "worker", pm=pm)
-    stop = asyncio.Event()
-    running = asyncio.create_task(Worker(runtime, consumer="plugin-hooks-test").run(stop))
-    try:
+    async with running_worker(settings, pm=pm, consumer="plugin-hooks-test"):
         # A safety net for a hang, not a timing assertion.
         await asyncio.wait_for(observer.settled.wait(), timeout=30)
-    finally:
-        stop.set()
-        await running
-        await stop_runtime(runtime)
 
     assert {e.message_id for batch in working.batches for e in batch} == sent
     assert broken.batches == []  # every call raised before recording
@@ -625,10 +600,7 @@ async def test_gate_plugin_that_raises_answers_500_and_buffers_nothing(
     names_plugin: bool,
 ) -> None:
     observer = CollectingObserver()
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[static_keys(), (observer, "observer"), (gate(), "broken-gate")],
-    )
+    pm = plugin_manager(static_keys(), (observer, "observer"), (gate(), "broken-gate"))
 
     status, body = await post_track(settings, pm, track())
 
@@ -679,12 +651,8 @@ class WarehousePlugin:
 
 
 def test_duplicate_destination_name_is_a_startup_error_naming_both_plugins() -> None:
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[
-            (DestinationPlugin("shared"), "dest-alpha"),
-            (DestinationPlugin("shared"), "dest-beta"),
-        ],
+    pm = plugin_manager(
+        (DestinationPlugin("shared"), "dest-alpha"), (DestinationPlugin("shared"), "dest-beta")
     )
     with pytest.raises(PluginConfigError) as raised:
         Hooks(pm).sinks()
@@ -695,12 +663,9 @@ def test_duplicate_destination_name_is_a_startup_error_naming_both_plugins() -> 
 
 
 def test_sink_name_shared_by_destination_and_warehouse_is_an_error() -> None:
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[
-            (DestinationPlugin("events"), "dest-plugin"),
-            (WarehousePlugin("events"), "warehouse-plugin"),
-        ],
+    pm = plugin_manager(
+        (DestinationPlugin("events"), "dest-plugin"),
+        (WarehousePlugin("events"), "warehouse-plugin"),
     )
     with pytest.raises(PluginConfigError, match="dest-plugin") as raised:
         Hooks(pm).sinks()
@@ -708,12 +673,9 @@ def test_sink_name_shared_by_destination_and_warehouse_is_an_error() -> None:
 
 
 def test_registered_sinks_are_stamped_with_kind_and_plugin() -> None:
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[
-            (DestinationPlugin("webhook"), "dest-plugin"),
-            (WarehousePlugin("clickhouse"), "warehouse-plugin"),
-        ],
+    pm = plugin_manager(
+        (DestinationPlugin("webhook"), "dest-plugin"),
+        (WarehousePlugin("clickhouse"), "warehouse-plugin"),
     )
     sinks = {sink.name: (sink.kind, sink.plugin) for sink in Hooks(pm).sinks()}
     assert sinks == {
@@ -729,12 +691,8 @@ class LowercaseTransform:
 
 
 def test_duplicate_transform_name_is_an_error_naming_both_plugins() -> None:
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[
-            (LowercaseTransform(), "transforms-one"),
-            (LowercaseTransform(), "transforms-two"),
-        ],
+    pm = plugin_manager(
+        (LowercaseTransform(), "transforms-one"), (LowercaseTransform(), "transforms-two")
     )
     with pytest.raises(PluginConfigError) as raised:
         Hooks(pm).transform_types()
@@ -798,11 +756,8 @@ def test_plugin_modules_are_registered_by_import_path_and_can_be_blocked() -> No
 
 
 async def test_plugins_endpoint_lists_registered_plugins_with_hooks(settings: Settings) -> None:
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[static_keys(), (ObserverWithStartup(), "observer")],
-    )
-    async with AsyncTestClient(create_app(settings, pm)) as client:
+    pm = plugin_manager(static_keys(), (ObserverWithStartup(), "observer"))
+    async with collector_client(settings, pm=pm) as client:
         response = await client.get("/api/v1/plugins")
 
     assert response.status_code == 200, response.text

@@ -120,13 +120,15 @@ async def running_worker(
     *plugins: PluginSpec,
     only: Sequence[str] | None = None,
     entry_points: Iterable[str] | None = (),
+    pm: pluggy.PluginManager | None = None,
     runtime: Runtime | None = None,
     **options: Any,
 ) -> AsyncIterator[RunningWorker]:
-    """A ``Worker`` over these plugins (or over ``runtime``), running until the block ends."""
+    """A ``Worker`` over these plugins (or ``pm``, or ``runtime``), running until the block
+    ends. ``options`` go to ``Worker`` (``consumer=``, ``trim_interval=``)."""
     from signalsmith.worker import Worker
 
-    async with _runtime_or(runtime, settings, plugins, entry_points) as started:
+    async with _runtime_or(runtime, settings, plugins, entry_points, pm) as started:
         worker = Worker(started, only, **options)
         stop = asyncio.Event()
         running = RunningWorker(worker, stop, asyncio.create_task(worker.run(stop)))
@@ -142,9 +144,10 @@ async def _runtime_or(
     settings: Settings,
     plugins: Sequence[PluginSpec],
     entry_points: Iterable[str] | None,
+    pm: pluggy.PluginManager | None,
 ) -> AsyncIterator[Runtime]:
     if runtime is not None:
         yield runtime
         return
-    async with runtime_for(settings, *plugins, entry_points=entry_points) as started:
+    async with runtime_for(settings, *plugins, entry_points=entry_points, pm=pm) as started:
         yield started
