@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from signalsmith.config import Settings
+from signalsmith.fql import Condition, FqlError
+from signalsmith.fql import parse as parse_condition
 from signalsmith.model import (
     Alias,
     Event,
@@ -74,11 +76,13 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AdminClient",
     "Alias",
+    "Condition",
     "Credentials",
     "DeliveryReport",
     "Drop",
     "Event",
     "EventBase",
+    "FqlError",
     "Group",
     "Identify",
     "Outcome",
@@ -100,6 +104,7 @@ __all__ = [
     "__version__",
     "cli_runtime",
     "hookimpl",
+    "parse_condition",
     "print_table",
     "run_with_runtime",
     "settings_of",
