@@ -27,17 +27,27 @@ from signalsmith.model import (
 from signalsmith.records import (
     Credentials,
     DeliveryReport,
+    DestinationType,
     Drop,
     Outcome,
     PermanentSinkError,
     Refusal,
     Routing,
+    Secret,
     Sink,
     SinkError,
     Source,
+    SourcePipeline,
     StageResult,
     Transform,
     TransformType,
+    Url,
+    WorkspaceDestination,
+    WorkspaceDocument,
+    WorkspaceProblem,
+    WorkspaceSection,
+    WorkspaceSource,
+    WorkspaceTransform,
 )
 from signalsmith.runtime import Runtime
 
@@ -45,6 +55,7 @@ if TYPE_CHECKING:
     from signalsmith.admin import AdminClient
     from signalsmith.cli import cli_runtime, print_table, run_with_runtime, settings_of
     from signalsmith.di import RuntimeDependency
+    from signalsmith.workspace.placeholders import MissingVariable, resolve_placeholders
 
 __version__ = "0.1.0"
 
@@ -54,6 +65,8 @@ hookimpl = pluggy.HookimplMarker("signalsmith")
 # never needs click, Litestar or the admin client.
 _LAZY = {
     "AdminClient": "signalsmith.admin",
+    "MissingVariable": "signalsmith.workspace.placeholders",
+    "resolve_placeholders": "signalsmith.workspace.placeholders",
     "RuntimeDependency": "signalsmith.di",
     "cli_runtime": "signalsmith.cli",
     "print_table": "signalsmith.cli",
@@ -76,11 +89,13 @@ __all__ = [
     "Alias",
     "Credentials",
     "DeliveryReport",
+    "DestinationType",
     "Drop",
     "Event",
     "EventBase",
     "Group",
     "Identify",
+    "MissingVariable",
     "Outcome",
     "Page",
     "PermanentSinkError",
@@ -89,18 +104,28 @@ __all__ = [
     "Runtime",
     "RuntimeDependency",
     "Screen",
+    "Secret",
     "Settings",
     "Sink",
     "SinkError",
     "Source",
+    "SourcePipeline",
     "StageResult",
     "Track",
     "Transform",
     "TransformType",
+    "Url",
+    "WorkspaceDestination",
+    "WorkspaceDocument",
+    "WorkspaceProblem",
+    "WorkspaceSection",
+    "WorkspaceSource",
+    "WorkspaceTransform",
     "__version__",
     "cli_runtime",
     "hookimpl",
     "print_table",
+    "resolve_placeholders",
     "run_with_runtime",
     "settings_of",
     "to_segment_dict",

@@ -182,6 +182,12 @@ class SinkConsumer:
         self._next_reclaim = 0.0
         # A new workspace version of this sink, taken between two batches (replace_sink).
         self._next_sink: Sink | None = None
+        self._retired = False
+
+    def retire(self) -> None:
+        """The sink was removed from the workspace: deliver no batch read from now on (the
+        entries are released as the loop stops)."""
+        self._retired = True
 
     def replace_sink(self, sink: Sink) -> None:
         """Deliver with ``sink`` (the sink in a new workspace version) from the next batch on:
@@ -264,6 +270,9 @@ class SinkConsumer:
             await self._reclaim()
         batch = await self._next_batch(stop)
         self._take_next_sink()
+        if self._retired:
+            self._backlog.extendleft(reversed(batch))  # released by run() as it stops
+            return
         if not batch:
             return
         delivered = asyncio.Event()
@@ -824,15 +833,6 @@ class Worker:
 # --- workspace destinations (issue 11) ------------------------------------------------------------
 
 
-async def _either(first: asyncio.Event, second: asyncio.Event) -> None:
-    waiters = [asyncio.create_task(first.wait()), asyncio.create_task(second.wait())]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-
-
 class WorkspaceConsumers:
     """The consumers of the workspace's destinations, following the version the process runs:
     a destination added gets a consumer (its own group and dead letters), a removed one's
@@ -844,16 +844,11 @@ class WorkspaceConsumers:
         self.stopping: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        workspace = self.worker.runtime.workspace
-        changed = asyncio.Event()
-        workspace.on_change(lambda _active: changed.set())
+        # Called as the process switches versions, so no batch starts on a removed sink.
+        self.worker.runtime.workspace.on_change(lambda _active: self._follow(stop))
         self._follow(stop)
         try:
-            while not stop.is_set():
-                await _either(changed, stop)
-                if changed.is_set():
-                    changed.clear()
-                    self._follow(stop)
+            await stop.wait()
         finally:
             tasks = [task for _, _, task in self.running.values()] + list(self.stopping)
             for _, consumer_stop, task in self.running.values():
@@ -879,6 +874,7 @@ class WorkspaceConsumers:
                     name,
                     active.version if active else "-",
                 )
+                consumer.retire()
                 consumer_stop.set()
                 del self.running[name]
                 self.stopping.add(task)

@@ -173,7 +173,9 @@ class Workspace:
             self.active = built
             self.failed_version = None
             self.error = None
-        log.info(
+        # CLI commands load the version too; only the processes that run it say so.
+        log.log(
+            logging.INFO if self.collects or self.delivers else logging.DEBUG,
             "workspace version %d in use (%d sources, %d destinations)",
             number,
             len(built.pipelines),
