@@ -673,3 +673,45 @@ def test_hooks_record_is_unchanged_for_plugins_that_ignore_workspaces() -> None:
     # Sinks registered by plugins keep taking every source (routing.sources is None).
     assert Sink(name="warehouse").routing.sources is None
     assert Credentials(write_keys=("k",)).write_keys == ("k",)
+
+
+async def test_the_admin_api_applies_refuses_and_shows_versions(settings: Settings) -> None:
+    admin = msgspec.structs.replace(settings, admin_token="ssadm_workspace")
+    headers = {"Authorization": "Bearer ssadm_workspace"}
+    async with collector_client(admin, pm=plugin_manager(workspace_types)) as client:
+        assert (await client.get("/api/v1/admin/config")).status_code == 401
+        assert (await client.get("/api/v1/admin/config", headers=headers)).status_code == 404
+        invalid = await client.put(
+            "/api/v1/admin/config",
+            json={"document": "version: 1\nsources: {web: {transforms: [x]}}\n"},
+            headers=headers,
+        )
+        assert invalid.status_code == 422
+        assert invalid.json()["code"] == "invalid_workspace"
+        assert invalid.json()["errors"][0]["path"] == "sources.web.transforms[0]"
+        assert invalid.json()["errors"][0]["line"] == 2
+        body = {"document": "version: 1\nsources: {web: {}}\n", "comment": "first"}
+        applied = await client.put("/api/v1/admin/config", json=body, headers=headers)
+        assert applied.json() == {
+            "version": 1,
+            "applied": True,
+            "changes": [{"kind": "added", "path": "sources.web"}],
+        }
+        stale = await client.put(
+            "/api/v1/admin/config",
+            json={"document": "version: 1\nsources: {app: {}}\n", "base_version": 0},
+            headers=headers,
+        )
+        assert stale.status_code == 409 and stale.json()["code"] == "stale_version"
+        preview = await client.post(
+            "/api/v1/admin/config/diff",
+            json={"document": "version: 1\nsources: {app: {}}\n"},
+            headers=headers,
+        )
+        assert [c["path"] for c in preview.json()["changes"]] == ["sources.web", "sources.app"]
+        history = await client.get("/api/v1/admin/config/history", headers=headers)
+        assert [(v["version"], v["comment"]) for v in history.json()] == [(1, "first")]
+        shown = await client.get("/api/v1/admin/config", headers=headers)
+        assert shown.json()["text"] == body["document"]
+        schema = await client.get("/api/v1/admin/config/schema", headers=headers)
+        assert schema.json()["title"] == "SignalSmith workspace"

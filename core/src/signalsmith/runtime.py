@@ -19,6 +19,10 @@ from signalsmith.records import Sink, Transform, TransformType
 
 if TYPE_CHECKING:
     from signalsmith.workspace import Workspace
+else:
+    # Litestar evaluates these annotations (the runtime is a route dependency); the workspace
+    # package sits above this module, so only type checkers import it.
+    Workspace = Any
 
 T = TypeVar("T")
 

@@ -183,6 +183,8 @@ class SinkConsumer:
         # A new workspace version of this sink, taken between two batches (replace_sink).
         self._next_sink: Sink | None = None
         self._retired = False
+        # Where the group starts when this consumer creates it (see ConsumerGroup.create).
+        self.group_start = "0"
 
     def retire(self) -> None:
         """The sink was removed from the workspace: deliver no batch read from now on (the
@@ -257,7 +259,7 @@ class SinkConsumer:
 
     async def _step(self, stop: asyncio.Event) -> None:
         if not self._group_ready:
-            if await self.group.create():
+            if await self.group.create(self.group_start):
                 log.info("sink %s: created consumer group on %s", self.sink.name, self.stream)
             self._group_ready = True
         if self._read_own_pending:
@@ -885,6 +887,10 @@ class WorkspaceConsumers:
             if name in self.running or stop.is_set():
                 continue
             consumer = SinkConsumer(self.worker.runtime, sink, self.worker.consumer)
+            if active is not None:
+                # A destination new to the stream takes events from the version that added it
+                # on, not the backlog collected before it existed.
+                consumer.group_start = active.stream_position
             consumer_stop = asyncio.Event()
             task = asyncio.create_task(consumer.run(consumer_stop), name=f"signalsmith-sink-{name}")
             self.running[name] = (consumer, consumer_stop, task)

@@ -33,7 +33,15 @@ class BuildFailed(Exception):
 class ActiveWorkspace:
     """A built version. Immutable once built: a process swaps the whole object."""
 
-    __slots__ = ("destinations", "document", "pipelines", "sections", "stored", "transforms")
+    __slots__ = (
+        "destinations",
+        "document",
+        "pipelines",
+        "sections",
+        "stored",
+        "stream_position",
+        "transforms",
+    )
 
     def __init__(
         self,
@@ -50,6 +58,8 @@ class ActiveWorkspace:
         self.transforms = transforms
         self.destinations = destinations
         self.sections = sections
+        # The event stream's id when this version was applied (set by the follower).
+        self.stream_position = "0"
 
     @property
     def version(self) -> int:

@@ -161,6 +161,7 @@ class Workspace:
                 return False
             try:
                 built = self.build(stored)
+                built.stream_position = await self.store.position(number)
             except (BuildFailed, WorkspaceInvalid) as error:
                 self.failed_version = number
                 self.error = f"version {number} cannot run in this process: {error}"

@@ -8,6 +8,8 @@ Layout, under the deployment's key prefix ``P``:
   and from which version);
 - ``P:workspace:destination-names``: set of every destination name any version declared (a
   worker deletes the consumer group of one the current version no longer declares);
+- ``P:workspace:positions``: hash, version number -> the event stream's id at the moment it was
+  applied (Redis's clock), where a destination the version adds starts reading;
 - channel ``P:workspace:changes``: the new version's number, published by every apply.
 
 A version is never changed once stored; a rollback stores a new version equal to an old one.
@@ -30,7 +32,7 @@ from signalsmith.workspace.text import DocumentText
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-# KEYS[1]: current; KEYS[2]: versions hash; KEYS[3]: destination names set.
+# KEYS[1]: current; KEYS[2]: versions hash; KEYS[3]: destination names set; KEYS[4]: positions.
 # ARGV[1]: the base version (0: none); ARGV[2]: the new version's JSON, numbered base + 1;
 # ARGV[3]: the changes channel; ARGV[4..]: the new version's destination names.
 # Returns {1, new version} when stored, {0, current version} when the base is stale.
@@ -39,6 +41,9 @@ local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if current ~= tonumber(ARGV[1]) then return {0, current} end
 local version = current + 1
 redis.call('HSET', KEYS[2], tostring(version), ARGV[2])
+local now = redis.call('TIME')
+local millis = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('HSET', KEYS[4], tostring(version), string.format('%d-0', millis))
 redis.call('SET', KEYS[1], tostring(version))
 if #ARGV > 3 then redis.call('SADD', KEYS[3], unpack(ARGV, 4)) end
 redis.call('PUBLISH', ARGV[3], tostring(version))
@@ -122,6 +127,7 @@ class WorkspaceStore:
         self.current_key = key("workspace", "current")
         self.versions_key = key("workspace", "versions")
         self.destination_names_key = key("workspace", "destination-names")
+        self.positions_key = key("workspace", "positions")
         self.changes_channel = key("workspace", "changes")
         self._apply = redis.register_script(APPLY_SCRIPT)
 
@@ -143,6 +149,11 @@ class WorkspaceStore:
         raw = await self.redis.hvals(self.versions_key)
         versions = [_decode.decode(item).info for item in raw]
         return sorted(versions, key=lambda info: info.version, reverse=True)
+
+    async def position(self, version: int) -> str:
+        """The stream id at which ``version`` was applied ("0" when unknown)."""
+        raw = await self.redis.hget(self.positions_key, str(version))
+        return raw.decode() if isinstance(raw, bytes) else (raw or "0")
 
     async def destination_names(self) -> set[str]:
         names = await self.redis.smembers(self.destination_names_key)
@@ -175,7 +186,12 @@ class WorkspaceStore:
             format=document.format,
         )
         stored, number = await self._apply(
-            keys=[self.current_key, self.versions_key, self.destination_names_key],
+            keys=[
+                self.current_key,
+                self.versions_key,
+                self.destination_names_key,
+                self.positions_key,
+            ],
             args=[
                 base_version,
                 msgspec.json.encode(record),
