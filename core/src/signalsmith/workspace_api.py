@@ -7,11 +7,11 @@ their text (YAML or JSON) with the text of the files they include; an invalid on
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, post, put
-from litestar.params import Parameter
+from litestar.params import Body, Parameter
 
 from signalsmith.di import RuntimeDependency
 from signalsmith.workspace import (
@@ -113,7 +113,10 @@ class WorkspaceController(Controller):
 
     @put("/", summary="Check a document whole and store it as the next version")
     async def apply(
-        self, data: DocumentBody, runtime: RuntimeDependency, request: Request[Any, Any, Any]
+        self,
+        data: Annotated[DocumentBody, Body()],
+        runtime: RuntimeDependency,
+        request: Request[Any, Any, Any],
     ) -> Response[Any]:
         workspace = runtime.workspace
         try:
@@ -135,7 +138,9 @@ class WorkspaceController(Controller):
         )
 
     @post("/diff", summary="What applying a document would change", status_code=200)
-    async def diff(self, data: DocumentBody, runtime: RuntimeDependency) -> Response[Any]:
+    async def diff(
+        self, data: Annotated[DocumentBody, Body()], runtime: RuntimeDependency
+    ) -> Response[Any]:
         try:
             changes, base = await preview(
                 runtime.workspace.store, runtime.workspace.registry, data.text
@@ -150,7 +155,10 @@ class WorkspaceController(Controller):
 
     @post("/rollback", summary="Store a new version equal to an old one", status_code=200)
     async def rollback(
-        self, data: RollbackBody, runtime: RuntimeDependency, request: Request[Any, Any, Any]
+        self,
+        data: Annotated[RollbackBody, Body()],
+        runtime: RuntimeDependency,
+        request: Request[Any, Any, Any],
     ) -> Response[Any]:
         workspace = runtime.workspace
         try:
