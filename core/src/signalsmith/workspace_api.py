@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, post, put
-from litestar.params import Body
+from litestar.params import Body, QueryParameter
 
 from signalsmith.di import RuntimeDependency
 from signalsmith.workspace import (
@@ -95,7 +95,7 @@ class WorkspaceController(Controller):
     async def show(
         self,
         runtime: RuntimeDependency,
-        version: int | None = None,
+        version: Annotated[int | None, QueryParameter()] = None,
     ) -> Response[Any]:
         store = runtime.workspace.store
         stored: StoredVersion | None = await (
