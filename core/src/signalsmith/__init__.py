@@ -29,17 +29,27 @@ from signalsmith.model import (
 from signalsmith.records import (
     Credentials,
     DeliveryReport,
+    DestinationType,
     Drop,
     Outcome,
     PermanentSinkError,
     Refusal,
     Routing,
+    Secret,
     Sink,
     SinkError,
     Source,
+    SourcePipeline,
     StageResult,
     Transform,
     TransformType,
+    Url,
+    WorkspaceDestination,
+    WorkspaceDocument,
+    WorkspaceProblem,
+    WorkspaceSection,
+    WorkspaceSource,
+    WorkspaceTransform,
 )
 from signalsmith.runtime import Runtime
 
@@ -47,6 +57,7 @@ if TYPE_CHECKING:
     from signalsmith.admin import AdminClient
     from signalsmith.cli import cli_runtime, print_table, run_with_runtime, settings_of
     from signalsmith.di import RuntimeDependency
+    from signalsmith.workspace.placeholders import MissingVariable, resolve_placeholders
 
 __version__ = "0.1.0"
 
@@ -56,6 +67,8 @@ hookimpl = pluggy.HookimplMarker("signalsmith")
 # never needs click, Litestar or the admin client.
 _LAZY = {
     "AdminClient": "signalsmith.admin",
+    "MissingVariable": "signalsmith.workspace.placeholders",
+    "resolve_placeholders": "signalsmith.workspace.placeholders",
     "RuntimeDependency": "signalsmith.di",
     "cli_runtime": "signalsmith.cli",
     "print_table": "signalsmith.cli",
@@ -79,12 +92,14 @@ __all__ = [
     "Condition",
     "Credentials",
     "DeliveryReport",
+    "DestinationType",
     "Drop",
     "Event",
     "EventBase",
     "FqlError",
     "Group",
     "Identify",
+    "MissingVariable",
     "Outcome",
     "Page",
     "PermanentSinkError",
@@ -93,19 +108,29 @@ __all__ = [
     "Runtime",
     "RuntimeDependency",
     "Screen",
+    "Secret",
     "Settings",
     "Sink",
     "SinkError",
     "Source",
+    "SourcePipeline",
     "StageResult",
     "Track",
     "Transform",
     "TransformType",
+    "Url",
+    "WorkspaceDestination",
+    "WorkspaceDocument",
+    "WorkspaceProblem",
+    "WorkspaceSection",
+    "WorkspaceSource",
+    "WorkspaceTransform",
     "__version__",
     "cli_runtime",
     "hookimpl",
     "parse_condition",
     "print_table",
+    "resolve_placeholders",
     "run_with_runtime",
     "settings_of",
     "to_segment_dict",

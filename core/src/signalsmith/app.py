@@ -35,6 +35,8 @@ from signalsmith.pipeline import Answer, ErrorBody, Pipeline
 from signalsmith.plugins import plugin_infos
 from signalsmith.records import Credentials, PluginInfo
 from signalsmith.runtime import Runtime
+from signalsmith.workspace import UnknownSource, WorkspaceStatus
+from signalsmith.workspace_api import workspace_routes
 
 log = logging.getLogger("signalsmith.app")
 
@@ -291,6 +293,11 @@ class Health(msgspec.Struct, frozen=True):
     detail: str = ""
 
 
+class Readiness(Health, frozen=True):
+    # The workspace version this process runs (None: no workspace applied).
+    workspace_version: int | None = None
+
+
 class BrowserSettings(msgspec.Struct, frozen=True):
     """The minimal CDN settings that make analytics-next send everything to this host."""
 
@@ -383,11 +390,15 @@ def create_app(
         return Health(status="ok")
 
     @get("/readyz")
-    async def readyz() -> Response[Health]:
+    async def readyz() -> Response[Readiness]:
         """Redis answers and the backlog is under its cap: this collector can take events."""
         ready, detail = await state.buffer.ready()
         return Response(
-            Health(status="ok" if ready else "unavailable", detail=detail),
+            Readiness(
+                status="ok" if ready else "unavailable",
+                detail=detail,
+                workspace_version=state.runtime.workspace.status().version,
+            ),
             status_code=200 if ready else 503,
         )
 
@@ -400,10 +411,15 @@ def create_app(
     async def browser_settings(request: Request[Any, Any, Any]) -> Response[Any]:
         """Settings for analytics-next, pointing its apiHost at this collector."""
         write_key: str = request.path_params["write_key"]
-        source = await state.pipeline.authenticate(
-            Credentials(write_keys=(write_key,), path=request.url.path)
-        )
         cors = {"Access-Control-Allow-Origin": "*"}
+        try:
+            source = await state.pipeline.authenticate(
+                Credentials(write_keys=(write_key,), path=request.url.path)
+            )
+        except UnknownSource as error:  # not a source of the workspace (issue 11)
+            return Response(
+                ErrorBody(code="unknown_source", message=str(error)), status_code=404, headers=cors
+            )
         if source is None:
             return Response(
                 ErrorBody(code="invalid_write_key", message="write key not recognised"),
@@ -432,18 +448,21 @@ def create_app(
     async def admin_status() -> AdminStatus:
         """What this collector runs: plugins, sinks, and the stream's backlog."""
         ready, detail = await state.buffer.ready()
+        active = state.runtime.workspace.active
+        workspace_sinks = [sink.name for sink in active.destinations] if active else []
         return AdminStatus(
             ready=ready,
             detail=detail,
             backlog_entries=await state.buffer.backlog() if ready else None,
-            sinks=[sink.name for sink in state.runtime.sinks],
+            sinks=[sink.name for sink in state.runtime.sinks] + workspace_sinks,
             plugins=plugin_infos(pm),
+            workspace=state.runtime.workspace.status(),
         )
 
     hooks = Hooks(pm)
     handlers: list[Any] = [ingest, healthz, readyz, list_plugins, browser_settings]
     handlers += hooks.routes()
-    admin_handlers: list[Any] = [admin_status, *hooks.admin_routes()]
+    admin_handlers: list[Any] = [admin_status, *workspace_routes(), *hooks.admin_routes()]
     handlers.append(
         Router(
             path=ADMIN_PATH,
@@ -478,6 +497,8 @@ class AdminStatus(msgspec.Struct, frozen=True, kw_only=True):
     backlog_entries: int | None
     sinks: list[str]
     plugins: list[PluginInfo]
+    # The workspace version this collector runs (and one it could not, with why).
+    workspace: WorkspaceStatus
 
 
 _ERROR_CODES = {

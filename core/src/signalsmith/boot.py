@@ -18,6 +18,7 @@ from signalsmith.hooks import Hooks, trace_hooks
 from signalsmith.plugins import build_plugin_manager
 from signalsmith.runtime import Role, Runtime
 from signalsmith.transforms import configured_transforms
+from signalsmith.workspace import Registry, Workspace
 
 log = logging.getLogger("signalsmith.boot")
 
@@ -70,25 +71,45 @@ async def start_runtime(
     sinks = hooks.sinks()
     transform_types = hooks.transform_types()
     transforms = configured_transforms(settings.transforms, transform_types)
+    client = (
+        redis
+        if redis is not None
+        else connect_redis(
+            settings.redis_url or "", auto_pipeline=role in ("collector", "embedded")
+        )
+    )
+    # The workspace (issue 11): what a document may name here, and the version this process
+    # runs, loaded after the plugins' startup and followed live until stop_runtime.
+    workspace = Workspace(
+        client,
+        lambda *parts: ":".join((settings.key_prefix, *parts)),
+        Registry.from_hooks(hooks, sinks, transform_types),
+        collects=role in ("collector", "embedded"),
+        delivers=role in ("worker", "embedded"),
+    )
     runtime = Runtime(
         settings=settings,
         hooks=hooks,
         role=role,
-        redis=redis
-        if redis is not None
-        else connect_redis(
-            settings.redis_url or "", auto_pipeline=role in ("collector", "embedded")
-        ),
+        redis=client,
+        workspace=workspace,
         sinks=sinks,
         transform_types=transform_types,
         transforms=transforms,
     )
     await hooks.startup(runtime)
+    try:
+        await workspace.start(required=role != "cli")
+    except BaseException:
+        await hooks.shutdown(runtime)
+        raise
     return runtime
 
 
 async def stop_runtime(runtime: Runtime, *, close_redis: bool = True) -> None:
-    """Run every ``shutdown`` hook (each in its own try), then close Redis."""
+    """Stop following the workspace, run every ``shutdown`` hook (each in its own try), then
+    close Redis."""
+    await runtime.workspace.stop()
     await runtime.hooks.shutdown(runtime)
     if close_redis:
         await runtime.redis.aclose()

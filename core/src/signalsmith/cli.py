@@ -22,6 +22,7 @@ from signalsmith.embedded import RedisServerProcess
 from signalsmith.hooks import Hooks
 from signalsmith.plugins import plugin_infos
 from signalsmith.runtime import Runtime
+from signalsmith.workspace_cli import config
 
 T = TypeVar("T")
 
@@ -150,7 +151,7 @@ def build_cli(settings: Settings | None = None) -> click.Group:
     def cli() -> None:
         """SignalSmith: a self-hosted, Segment-compatible customer-event pipeline."""
 
-    for command in (plugins, serve, worker):
+    for command in (plugins, serve, worker, config):
         cli.add_command(command)
     Hooks(plugin_manager_for(settings)).add_commands(cli)
     return cli

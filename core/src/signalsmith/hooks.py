@@ -30,12 +30,16 @@ import msgspec
 import pluggy
 
 from signalsmith.records import (
+    CORE_SECTIONS,
+    CORE_SOURCE_FIELDS,
     Credentials,
+    DestinationType,
     Outcome,
     Refusal,
     Sink,
     Source,
     TransformType,
+    WorkspaceSection,
 )
 
 if TYPE_CHECKING:
@@ -179,6 +183,53 @@ class Hooks:
             kind.name: msgspec.structs.replace(kind, plugin=plugin_name)
             for plugin_name, kind in self._registrations("register_transforms", lambda t: t.name)
         }
+
+    def destination_types(self) -> dict[str, DestinationType]:
+        """Every destination type by name, stamped with its plugin, which must deliver them."""
+        found: dict[str, DestinationType] = {}
+        for plugin_name, kind in self._registrations(
+            "register_destination_types", lambda t: t.name
+        ):
+            delivering = {plugin.plugin_name for plugin in self.per_plugin("deliver_events")}
+            if plugin_name not in delivering:
+                raise PluginConfigError(
+                    f"plugin {plugin_name!r} registers destination type {kind.name!r} but "
+                    "implements no deliver_events hook"
+                )
+            found[kind.name] = msgspec.structs.replace(kind, plugin=plugin_name)
+        return found
+
+    def workspace_sections(self) -> dict[str, WorkspaceSection]:
+        """Every plugin-owned part of the workspace document by section name.
+
+        A section or source field name registered twice, or one the core itself uses, is a
+        ``PluginConfigError`` naming the plugins.
+        """
+        sections: dict[str, WorkspaceSection] = {}
+        field_owners: dict[str, str] = {}
+        for plugin_name, section in self._registrations(
+            "register_workspace_sections", lambda s: s.name
+        ):
+            if section.name in CORE_SECTIONS:
+                raise PluginConfigError(
+                    f"plugin {plugin_name!r} registers workspace section {section.name!r}, "
+                    "a name the core uses"
+                )
+            field = section.source_field
+            if field is not None:
+                if field in CORE_SOURCE_FIELDS:
+                    raise PluginConfigError(
+                        f"plugin {plugin_name!r} registers source field {field!r}, a name the "
+                        "core uses"
+                    )
+                if field in field_owners:
+                    raise PluginConfigError(
+                        f"source field {field!r} is registered by both plugin "
+                        f"{field_owners[field]!r} and plugin {plugin_name!r}"
+                    )
+                field_owners[field] = plugin_name
+            sections[section.name] = msgspec.structs.replace(section, plugin=plugin_name)
+        return sections
 
     def routes(self) -> list[Any]:
         handlers: list[Any] = []

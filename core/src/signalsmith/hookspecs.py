@@ -20,12 +20,14 @@ from signalsmith.model import Event
 from signalsmith.records import (
     Credentials,
     DeliveryReport,
+    DestinationType,
     Outcome,
     Refusal,
     Sink,
     Source,
     StageResult,
     TransformType,
+    WorkspaceSection,
 )
 
 if TYPE_CHECKING:
@@ -65,6 +67,28 @@ def register_transforms(register: Callable[[TransformType], None]) -> None:
     declares named instances of a type; the core checks each instance's settings against the
     Struct and calls ``build(settings)`` once for the function that instance runs, which follows
     the ``transform_events`` return contract. Duplicate type names are a startup error.
+    """
+
+
+@hookspec
+def register_destination_types(register: Callable[[DestinationType], None]) -> None:
+    """Called once at startup to register the destination types this plugin delivers to.
+
+    Call ``register(DestinationType(name=..., settings=SettingsStruct))``. The workspace declares
+    named instances of a type under ``destinations:``; each instance is a ``Sink`` named after
+    it, with its checked settings, and the worker calls this plugin's ``deliver_events`` with its
+    batches (so the plugin must implement it). Duplicate type names are a startup error.
+    """
+
+
+@hookspec
+def register_workspace_sections(register: Callable[[WorkspaceSection], None]) -> None:
+    """Called once at startup to register the parts of the workspace document this plugin owns.
+
+    Call ``register(WorkspaceSection(name=..., settings=..., source_field=...,
+    source_settings=...))``: a top-level section (``contracts:``) and/or a field every source may
+    set (``sources.<name>.contract``), each checked against its type when a document is applied.
+    A name registered twice, or one the core uses, is a startup error.
     """
 
 

@@ -22,6 +22,7 @@ from signalsmith.model import Event
 from signalsmith.normalize import RequestError, normalise_messages, parse_request
 from signalsmith.records import Credentials, Drop, Outcome, Refusal, Rejection, Source, StageResult
 from signalsmith.runtime import Runtime
+from signalsmith.workspace import UnknownSource
 
 log = logging.getLogger("signalsmith.pipeline")
 
@@ -167,6 +168,8 @@ class Pipeline:
                 "auth_failed",
                 f"plugin {failure.plugin_name!r} failed in authenticate; see server logs",
             )
+        except UnknownSource as error:  # a key of a source the workspace does not list
+            return _error(403, "unknown_source", str(error))
         if source is None:
             return _error(
                 401,
@@ -320,6 +323,21 @@ class Pipeline:
 
     def _steps_for(self, source: Source) -> list[_Step]:
         """Validate hooks, the source's named transforms in its order, transform hooks, consent."""
+        if source.pipeline is not None:  # the workspace's chain, built for its version
+            chain = source.pipeline.transforms
+            if not chain:
+                return self._default_steps
+            return self._with_named(
+                [
+                    _Step(
+                        stage="transform",
+                        hook_name=f"transform {transform.name!r}",
+                        owner=f"plugin {transform.plugin!r}",
+                        run=transform.apply,
+                    )
+                    for transform in chain
+                ]
+            )
         names = source.settings.get("transforms") or ()
         if not names:
             return self._default_steps
@@ -340,6 +358,9 @@ class Pipeline:
                     run=transform.apply,
                 )
             )
+        return self._with_named(named)
+
+    def _with_named(self, named: list[_Step]) -> list[_Step]:
         return [
             *self._hook_steps["validate_events"],
             *named,
@@ -350,11 +371,14 @@ class Pipeline:
     async def authenticate(self, credentials: Credentials) -> Source | None:
         """The Source of the first authenticator that knows one of the offered keys.
 
-        A Redis error passes as it is; any other failure is ``PluginFailed``.
+        A Redis error passes as it is; any other failure is ``PluginFailed``; a source the
+        workspace does not list is ``UnknownSource``.
         """
-        return await self.hooks.authenticate(
+        source = await self.hooks.authenticate(
             credentials, self.runtime, errors_pass=(RedisError, OSError)
         )
+        # The source as the workspace version in use resolves it (raises UnknownSource).
+        return source if source is None else self.runtime.workspace.attach(source)
 
     async def observe(self, outcomes: list[Outcome]) -> None:
         """Tell every observer; one that fails is logged and the others still run."""

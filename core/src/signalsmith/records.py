@@ -6,8 +6,8 @@ from its signature.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -23,6 +23,9 @@ class Source(msgspec.Struct, frozen=True, kw_only=True):
     key_prefix: str = ""
     plan: str = "free"
     settings: dict[str, Any] = {}
+    # Filled in by the core from the workspace version the process runs (None when no workspace
+    # is applied): the source's transform chain, destinations and plugin-owned settings.
+    pipeline: SourcePipeline | None = None
 
 
 class Credentials(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,6 +136,9 @@ class Routing(msgspec.Struct, frozen=True, kw_only=True):
     types: tuple[str, ...] = ()
     events: tuple[str, ...] = ()
     consent: tuple[str, ...] = ()
+    # The sources (``event.project_id``) whose events the sink takes; None takes every source.
+    # A workspace destination takes the sources that list it (none: no events).
+    sources: frozenset[str] | None = None
 
 
 class Sink(msgspec.Struct, frozen=True, kw_only=True):
@@ -151,6 +157,15 @@ class Sink(msgspec.Struct, frozen=True, kw_only=True):
     max_attempts: int = 6
     routing: Routing = Routing()
     options: dict[str, Any] = {}
+    # For a destination declared in the workspace: its destination type, and its settings (the
+    # type's Struct, placeholders resolved). Settings are resolved only where the sink is
+    # delivered (``runtime.delivers``); elsewhere they are None.
+    type: str = ""
+    settings: Any = None
+
+    def __repr__(self) -> str:
+        # Settings and options may hold resolved secrets: never in reprs, logs or tracebacks.
+        return f"Sink(name={self.name!r}, kind={self.kind!r}, plugin={self.plugin!r}, type={self.type!r})"
 
 
 class DeliveryReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -213,3 +228,146 @@ class SinkError(Exception):
 
 class PermanentSinkError(SinkError):
     """Raised by a sink when retrying cannot help (bad credentials, a 400): dead-letter now."""
+
+
+# --- the workspace (`docs/workspace.md`) ---------------------------------------------------------
+
+# Top-level keys and source fields the core reads itself; plugins cannot register these names.
+CORE_SECTIONS = frozenset({"version", "sources", "transforms", "destinations"})
+CORE_SOURCE_FIELDS = frozenset({"description", "transforms", "destinations"})
+
+# A setting that must be written as a `${ENV_NAME}` placeholder (never inline, so it is never
+# stored or shown), and is resolved only in the process that uses it.
+Secret = Annotated[
+    str,
+    msgspec.Meta(
+        extra={"signalsmith": "secret"},
+        extra_json_schema={
+            "description": "A secret: write it as ${ENV_NAME}; it is resolved from the "
+            "environment of the process that uses it.",
+            "pattern": r"\$\{[A-Za-z_][A-Za-z0-9_]*\}",
+            "writeOnly": True,
+        },
+    ),
+]
+
+# An http(s) URL, or a string holding a `${ENV_NAME}` placeholder (checked again once resolved).
+Url = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^(https?://[^\s/?#]+[^\s]*|.*\$\{[A-Za-z_][A-Za-z0-9_]*\}.*)$",
+        extra={"expected": "an http(s) URL"},
+        extra_json_schema={"format": "uri"},
+    ),
+]
+
+
+class DestinationType(msgspec.Struct, frozen=True, kw_only=True):
+    """A kind of destination a plugin delivers to (``register_destination_types``).
+
+    The workspace declares named instances of it under ``destinations:``; each instance becomes a
+    ``Sink`` named after it (its own consumer group and dead letters), whose ``settings`` are
+    checked against ``settings`` (a msgspec Struct type; None when the type takes none). The
+    worker calls the registering plugin's ``deliver_events`` with each instance's batches.
+    """
+
+    name: str
+    settings: type[msgspec.Struct] | None = None
+    plugin: str = ""
+    description: str = ""
+
+
+class WorkspaceProblem(msgspec.Struct, frozen=True):
+    """What a plugin's ``check`` finds wrong: the path it is at, from the document's root
+    (``("sources", "web", "contract", "plan")``), and what is wrong, with the fix."""
+
+    path: tuple[str | int, ...]
+    message: str
+
+
+class WorkspaceSection(msgspec.Struct, frozen=True, kw_only=True):
+    """A part of the workspace document a plugin owns (``register_workspace_sections``).
+
+    ``name`` is a top-level key (``contracts:``) whose value is checked against ``settings``;
+    ``source_field`` a key each source may set (``sources.<name>.contract``), checked against
+    ``source_settings``. Either may be left out. ``check(document)`` is called with the typed
+    document once everything else in it is valid, for rules across parts (a source naming a plan
+    that does not exist), and returns ``WorkspaceProblem``s. ``build(document)`` is called once
+    per version in every process that loads it; what it returns is in every source's
+    ``pipeline.sections[name]`` (compile schemas there, not per request). Placeholders are not
+    resolved in sections: resolve them where they are used (``resolve_placeholders``).
+    """
+
+    name: str
+    settings: Any = None
+    source_field: str | None = None
+    source_settings: Any = None
+    check: Callable[[WorkspaceDocument], Iterable[WorkspaceProblem]] | None = None
+    build: Callable[[WorkspaceDocument], Any] | None = None
+    plugin: str = ""
+    description: str = ""
+
+
+class WorkspaceSource(msgspec.Struct, frozen=True, kw_only=True):
+    """One source of a checked workspace document."""
+
+    name: str
+    description: str = ""
+    transforms: tuple[str, ...] = ()
+    destinations: tuple[str, ...] = ()
+    # Plugin-owned source fields, by field name, each as its section's ``source_settings``.
+    fields: dict[str, Any] = {}
+
+
+class WorkspaceTransform(msgspec.Struct, frozen=True, kw_only=True):
+    """A transform instance of a checked document: its type and its settings.
+
+    ``settings`` is the type's Struct as written (placeholders unresolved); ``written`` is the
+    settings mapping as written, which the core resolves and converts where the instance runs.
+    """
+
+    name: str
+    type: str
+    settings: Any = None
+    written: dict[str, Any] = {}
+    description: str = ""
+
+
+class WorkspaceDestination(msgspec.Struct, frozen=True, kw_only=True):
+    """A destination instance of a checked document: type, settings, routing and delivery."""
+
+    name: str
+    type: str
+    settings: Any = None
+    written: dict[str, Any] = {}
+    description: str = ""
+    routing: Routing = Routing()
+    batch_size: int = 500
+    max_wait_seconds: float = 1.0
+    max_attempts: int = 6
+
+
+class WorkspaceDocument(msgspec.Struct, frozen=True, kw_only=True):
+    """A workspace document that passed every check, typed (placeholders unresolved)."""
+
+    version: int
+    sources: dict[str, WorkspaceSource] = {}
+    transforms: dict[str, WorkspaceTransform] = {}
+    destinations: dict[str, WorkspaceDestination] = {}
+    # Plugin-owned top-level sections, by name, each as its section's ``settings`` type.
+    sections: dict[str, Any] = {}
+
+
+class SourcePipeline(msgspec.Struct, frozen=True, kw_only=True):
+    """A source as the workspace version a process runs resolves it (``Source.pipeline``).
+
+    Every field comes from one version, so a request sees one version from start to end.
+    Transform instances are built where events are collected (collectors, the embedded serve);
+    in a worker or a CLI command ``transforms`` is empty.
+    """
+
+    version: int
+    transforms: tuple[Transform, ...] = ()
+    destinations: tuple[str, ...] = ()
+    fields: dict[str, Any] = {}
+    sections: dict[str, Any] = {}

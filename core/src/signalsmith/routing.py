@@ -39,7 +39,7 @@ def missing_categories(event: Event, required: tuple[str, ...]) -> list[str]:
 class Router:
     """A sink's routing rules, compiled; ``refusal(event)`` says why the sink does not take it."""
 
-    __slots__ = ("_consent", "_events", "_integration", "_types", "sink")
+    __slots__ = ("_consent", "_events", "_integration", "_sources", "_types", "sink")
 
     def __init__(self, sink: Sink) -> None:
         routing = sink.routing
@@ -51,6 +51,7 @@ class Router:
             else None
         )
         self._consent = routing.consent
+        self._sources = routing.sources
         # Segment's `integrations` object names destinations; warehouses are not switched by it.
         self._integration = sink.name if sink.kind == "destination" else None
 
@@ -60,11 +61,14 @@ class Router:
             self._types is None
             and self._events is None
             and not self._consent
+            and self._sources is None
             and self._integration is None
         )
 
     def refusal(self, event: Event) -> str | None:
         """None when the sink takes ``event``, else the reason observers are told."""
+        if self._sources is not None and event.project_id not in self._sources:
+            return f"routing: source {event.project_id!r} does not list {self.sink.name}"
         if self._types is not None and event.type not in self._types:
             return f"routing: {self.sink.name} takes {', '.join(sorted(self._types))}, not {event.type}"
         if self._events is not None and event.type == "track":

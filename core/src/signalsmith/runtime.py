@@ -8,7 +8,7 @@ there in its other hooks. Processes are booted by ``signalsmith.boot``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pluggy
 import redis.asyncio as aioredis
@@ -16,6 +16,13 @@ import redis.asyncio as aioredis
 from signalsmith.config import Settings
 from signalsmith.hooks import Hooks
 from signalsmith.records import Sink, Transform, TransformType
+
+if TYPE_CHECKING:
+    from signalsmith.workspace import Workspace
+else:
+    # Litestar evaluates these annotations (the runtime is a route dependency); the workspace
+    # package sits above this module, so only type checkers import it.
+    Workspace = Any
 
 T = TypeVar("T")
 
@@ -31,6 +38,9 @@ class Runtime:
     hooks: Hooks
     role: Role
     redis: aioredis.Redis
+    # The workspace version this process runs, followed live: ``workspace.active`` (None when
+    # no workspace is applied); see `docs/workspace.md`.
+    workspace: Workspace
     # Capabilities, collected (and checked for duplicate names) once at startup.
     sinks: list[Sink] = field(default_factory=list)
     transform_types: dict[str, TransformType] = field(default_factory=dict)

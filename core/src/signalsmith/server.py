@@ -12,6 +12,8 @@ import asyncio
 import logging
 import os
 import shlex
+from collections.abc import Sequence
+from pathlib import Path
 
 import click
 import msgspec
@@ -22,6 +24,8 @@ from signalsmith.admin import ensure_admin_token, write_server_file
 from signalsmith.boot import plugin_manager_for, start_runtime, stop_runtime
 from signalsmith.config import Settings
 from signalsmith.embedded import RedisServerProcess
+from signalsmith.workspace import BuildFailed, StaleBase, WorkspaceInvalid
+from signalsmith.workspace.local import WORKSPACE_FILE, apply_local_workspace, write_key_note
 
 log = logging.getLogger("signalsmith.server")
 
@@ -50,10 +54,24 @@ def granian_server(
     )
 
 
-async def _embedded_defaults(settings: Settings) -> dict[str, str]:
+async def _embedded_defaults(
+    settings: Settings, workspace_file: Path | None = None
+) -> tuple[dict[str, str], list[str]]:
+    """What the banner shows: the plugins' defaults, and the workspace's lines."""
     runtime = await start_runtime(settings, "cli", pm=plugin_manager_for(settings))
     try:
-        return await runtime.hooks.embedded_defaults(runtime)
+        # ./signalsmith.yaml, when there is one, is applied before anything starts (issue 11).
+        lines: list[str] = []
+        if workspace_file is not None:
+            try:
+                lines = await apply_local_workspace(runtime, workspace_file)
+            except (WorkspaceInvalid, BuildFailed, StaleBase) as error:
+                raise click.ClickException(
+                    f"{workspace_file}: {error}\nfix it, or move it away to serve without it"
+                ) from None
+        defaults = await runtime.hooks.embedded_defaults(runtime)
+        lines += await write_key_note(runtime, defaults.get("write_key"))
+        return defaults, lines
     finally:
         await stop_runtime(runtime)
 
@@ -61,7 +79,9 @@ async def _embedded_defaults(settings: Settings) -> dict[str, str]:
 LABELS = {"write_key": "Development write key", "admin_token": "Admin token"}
 
 
-def _banner(settings: Settings, redis_url: str, defaults: dict[str, str]) -> str:
+def _banner(
+    settings: Settings, redis_url: str, defaults: dict[str, str], workspace: Sequence[str] = ()
+) -> str:
     base = f"http://{settings.host}:{settings.port}"
     lines = [
         f"SignalSmith collector on {base}",
@@ -71,6 +91,7 @@ def _banner(settings: Settings, redis_url: str, defaults: dict[str, str]) -> str
     for name, value in defaults.items():
         label = LABELS.get(name, name.replace("_", " "))
         lines.append(f"  {label[0].upper() + label[1:]}: {value}")
+    lines += [line if line.startswith(" ") else f"  {line}" for line in workspace]
     write_key = defaults.get("write_key")
     if write_key:
         body = '{"userId":"user-1","event":"Hello SignalSmith","properties":{"plan":"pro"}}'
@@ -115,12 +136,15 @@ def serve(settings: Settings) -> None:
         admin_token = settings.admin_token or ensure_admin_token(settings.data_path)
         os.environ["SIGNALSMITH_ADMIN_TOKEN"] = admin_token
         embedded = msgspec.structs.replace(embedded, admin_token=admin_token)
-        defaults = asyncio.run(_embedded_defaults(embedded))
+        workspace_file = Path(WORKSPACE_FILE)
+        defaults, workspace = asyncio.run(
+            _embedded_defaults(embedded, workspace_file if workspace_file.is_file() else None)
+        )
         defaults["admin_token"] = admin_token
         write_server_file(
             settings.data_path, f"http://{_connect_host(settings.host)}:{settings.port}"
         )
-        click.echo(_banner(settings, redis_server.url, defaults), err=True)
+        click.echo(_banner(settings, redis_server.url, defaults, workspace), err=True)
         granian_server(embedded).serve()
     finally:
         redis_server.stop()

@@ -218,14 +218,15 @@ class ConsumerGroup:
         self.consumer = consumer
         self._forget_consumer = redis.register_script(FORGET_CONSUMER_SCRIPT)
 
-    async def create(self) -> bool:
+    async def create(self, start: str = "0") -> bool:
         """Create the group (and the stream) if missing; True when this call created it.
 
-        From id 0: a new sink starts with whatever the stream still holds, not only what
-        comes next.
+        From id 0 by default: a new sink starts with whatever the stream still holds, not only
+        what comes next. A workspace destination starts where the version that added it was
+        applied (``start``).
         """
         try:
-            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            await self.redis.xgroup_create(self.stream, self.group, id=start, mkstream=True)
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise

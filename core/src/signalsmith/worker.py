@@ -60,6 +60,7 @@ from signalsmith.stream import (
     trim_acknowledged,
     undecodable_dead_letter_fields,
 )
+from signalsmith.workspace.groups import retire_removed_destinations
 
 log = logging.getLogger("signalsmith.worker")
 
@@ -179,6 +180,31 @@ class SinkConsumer:
         self._read_own_pending = True
         self._claim_cursor = "0-0"
         self._next_reclaim = 0.0
+        # A new workspace version of this sink, taken between two batches (replace_sink).
+        self._next_sink: Sink | None = None
+        self._retired = False
+        # Where the group starts when this consumer creates it (see ConsumerGroup.create).
+        self.group_start = "0"
+
+    def retire(self) -> None:
+        """The sink was removed from the workspace: deliver no batch read from now on (the
+        entries are released as the loop stops)."""
+        self._retired = True
+
+    def replace_sink(self, sink: Sink) -> None:
+        """Deliver with ``sink`` (the sink in a new workspace version) from the next batch on:
+        a batch is delivered with one version of the sink from start to end."""
+        self._next_sink = sink
+
+    def _take_next_sink(self) -> None:
+        sink, self._next_sink = self._next_sink, None
+        if sink is None:
+            return
+        self.sink = sink
+        self.max_attempts = max(1, sink.max_attempts)
+        self._delivery = self.runtime.hooks.delivery(sink)
+        self._sink_argument = "warehouse" if sink.kind == "warehouse" else "destination"
+        self._router = Router(sink)
 
     # -- the loop --
 
@@ -233,7 +259,7 @@ class SinkConsumer:
 
     async def _step(self, stop: asyncio.Event) -> None:
         if not self._group_ready:
-            if await self.group.create():
+            if await self.group.create(self.group_start):
                 log.info("sink %s: created consumer group on %s", self.sink.name, self.stream)
             self._group_ready = True
         if self._read_own_pending:
@@ -245,6 +271,10 @@ class SinkConsumer:
         ):
             await self._reclaim()
         batch = await self._next_batch(stop)
+        self._take_next_sink()
+        if self._retired:
+            self._backlog.extendleft(reversed(batch))  # released by run() as it stops
+            return
         if not batch:
             return
         delivered = asyncio.Event()
@@ -710,17 +740,23 @@ class Worker:
         self.trim_interval = trim_interval
         registered = runtime.sinks
         self.registered_names = frozenset(sink.name for sink in registered)
+        # The workspace's destinations come and go with its versions (WorkspaceConsumers).
+        active = runtime.workspace.active
+        declared = {sink.name for sink in active.destinations} if active else set()
+        self.only = frozenset(only) if only is not None else None
         if only is not None:
             wanted = list(dict.fromkeys(only))
-            unknown = [name for name in wanted if name not in self.registered_names]
+            unknown = [name for name in wanted if name not in self.registered_names | declared]
             if unknown:
                 raise PluginConfigError(
                     f"no sink named {', '.join(map(repr, unknown))}; registered sinks: "
-                    f"{', '.join(sorted(self.registered_names)) or 'none'}"
+                    f"{', '.join(sorted(self.registered_names)) or 'none'}; workspace "
+                    f"destinations: {', '.join(sorted(declared)) or 'none'}"
                 )
             registered = [sink for sink in registered if sink.name in wanted]
         self.sinks: list[Sink] = registered
         self.consumers = [SinkConsumer(runtime, sink, self.consumer) for sink in self.sinks]
+        self.workspace_consumers = WorkspaceConsumers(self)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; each sink finishes its batch in flight, then return."""
@@ -732,11 +768,11 @@ class Worker:
                 len(self.sinks),
                 ", ".join(f"{s.name} ({s.kind}, plugin {s.plugin})" for s in self.sinks),
             )
-        else:
+        elif self.runtime.workspace.active is None:
             log.warning(
                 "worker %s: no sinks to deliver to; install a destination or warehouse plugin "
-                "(and check SIGNALSMITH_LOAD_PLUGINS / SIGNALSMITH_BLOCK_PLUGINS). Idling "
-                "until stopped; events stay buffered.",
+                "(and check SIGNALSMITH_LOAD_PLUGINS / SIGNALSMITH_BLOCK_PLUGINS), or declare "
+                "destinations in the workspace. Idling until stopped; events stay buffered.",
                 self.consumer,
             )
         tasks = [
@@ -744,6 +780,9 @@ class Worker:
             for consumer in self.consumers
         ]
         tasks.append(asyncio.create_task(self._trim_forever(stop), name="signalsmith-trim"))
+        tasks.append(
+            asyncio.create_task(self.workspace_consumers.run(stop), name="signalsmith-workspace")
+        )
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -759,6 +798,15 @@ class Worker:
                 removed = await trim_acknowledged(self.runtime.redis, self.stream)
                 if removed:
                     log.debug("trimmed %d acknowledged entries from %s", removed, self.stream)
+                for name in await retire_removed_destinations(
+                    self.runtime.redis, self.stream, self.runtime.workspace, self.registered_names
+                ):
+                    log.info(
+                        "destination %s is no longer in the workspace: deleted its consumer "
+                        "group on %s (its dead letters stay)",
+                        name,
+                        self.stream,
+                    )
                 await self._warn_unserved_groups(warned)
             except Exception as error:  # trimming late only costs memory; never crash for it
                 log.warning("trimming %s failed: %s", self.stream, _describe(error))
@@ -767,8 +815,10 @@ class Worker:
 
     async def _warn_unserved_groups(self, warned: set[str]) -> None:
         """Say once per group when a group has no sink here: it holds trimming back."""
+        active = self.runtime.workspace.active
+        served = {s.name for s in active.destinations} if active is not None else set()
         for name in await group_names(self.runtime.redis, self.stream):
-            if name in self.registered_names or name in warned:
+            if name in self.registered_names or name in served or name in warned:
                 continue
             warned.add(name)
             log.warning(
@@ -779,6 +829,79 @@ class Worker:
                 self.stream,
                 self.stream,
                 name,
+            )
+
+
+# --- workspace destinations (issue 11) ------------------------------------------------------------
+
+
+class WorkspaceConsumers:
+    """The consumers of the workspace's destinations, following the version the process runs:
+    a destination added gets a consumer (its own group and dead letters), a removed one's
+    consumer finishes its batch in flight and stops, a changed one switches between batches."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.running: dict[str, tuple[SinkConsumer, asyncio.Event, asyncio.Task[None]]] = {}
+        self.stopping: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        # Called as the process switches versions, so no batch starts on a removed sink.
+        self.worker.runtime.workspace.on_change(lambda _active: self._follow(stop))
+        self._follow(stop)
+        try:
+            await stop.wait()
+        finally:
+            tasks = [task for _, _, task in self.running.values()] + list(self.stopping)
+            for _, consumer_stop, task in self.running.values():
+                consumer_stop.set()
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _follow(self, stop: asyncio.Event) -> None:
+        active = self.worker.runtime.workspace.active
+        only = self.worker.only
+        wanted = {
+            sink.name: sink
+            for sink in (active.destinations if active is not None else ())
+            if only is None or sink.name in only
+        }
+        for name, (consumer, consumer_stop, task) in list(self.running.items()):
+            sink = wanted.get(name)
+            if sink is None:
+                log.info(
+                    "destination %s is not in workspace version %s: stopping its consumer "
+                    "after its batch in flight",
+                    name,
+                    active.version if active else "-",
+                )
+                consumer.retire()
+                consumer_stop.set()
+                del self.running[name]
+                self.stopping.add(task)
+                task.add_done_callback(self.stopping.discard)
+            elif sink != consumer.sink:
+                consumer.replace_sink(sink)
+        for name, sink in wanted.items():
+            if name in self.running or stop.is_set():
+                continue
+            consumer = SinkConsumer(self.worker.runtime, sink, self.worker.consumer)
+            if active is not None:
+                # A destination new to the stream takes events from the version that added it
+                # on, not the backlog collected before it existed.
+                consumer.group_start = active.stream_position
+            consumer_stop = asyncio.Event()
+            task = asyncio.create_task(consumer.run(consumer_stop), name=f"signalsmith-sink-{name}")
+            self.running[name] = (consumer, consumer_stop, task)
+            log.info(
+                "worker %s: delivering to destination %s (type %s, plugin %s) of workspace "
+                "version %d",
+                self.worker.consumer,
+                name,
+                sink.type,
+                sink.plugin,
+                active.version if active else 0,
             )
 
 

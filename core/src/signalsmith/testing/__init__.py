@@ -21,8 +21,10 @@ from signalsmith.testing.harness import (
     runtime_for,
 )
 from signalsmith.testing.plugins import StaticKeys, capture_sink_plugin
+from signalsmith.testing.receiver import Receiver
 
 __all__ = [
+    "Receiver",
     "RedisServerProcess",
     "RunningWorker",
     "StaticKeys",
