@@ -75,7 +75,9 @@ T = TypeVar("T")
 DISCARD_COLUMNS: dict[str, str] = {
     "table_name": "String",
     "column_name": "String",
+    "key_path": "Array(String)",
     "row_id": "String",
+    "message_id": "String",
     "value": "String",
     "value_type": "String",
     "column_type": "String",
@@ -83,6 +85,11 @@ DISCARD_COLUMNS: dict[str, str] = {
     "received_at": TIMESTAMP,
     "discarded_at": LOADED_AT,
 }
+# Every value set aside is a row of its own: one call can set aside several values for one
+# column of one row (keys that snake-case alike; two identifies of one user in one request), and
+# only a redelivery of the same value may merge with it. The release before ordered by the first
+# four alone; `_open_writer` extends such a table in place.
+DISCARDS_ORDER_BY = ("table_name", "column_name", "row_id", "received_at", "message_id", "key_path")
 # How many recent inserts per table ClickHouse remembers by their deduplication token, so that
 # a batch written again (a retry after a partial failure) is skipped before it makes a row.
 DEDUPLICATION_WINDOW = 1000
@@ -291,9 +298,10 @@ class ClickHouseWarehouse:
         client = self._connect(database=None)
         try:
             client.command(f"CREATE DATABASE IF NOT EXISTS {quote(self.database)}")
-            self._create_table(client, DISCARDS_TABLE, DISCARD_COLUMNS, {}, "discarded_at", (
-                "table_name", "column_name", "row_id", "received_at"
-            ))  # fmt: skip
+            self._create_table(
+                client, DISCARDS_TABLE, DISCARD_COLUMNS, {}, "discarded_at", DISCARDS_ORDER_BY
+            )
+            self._migrate_discards(client)
             # Which table each event name got: names that snake-case alike get different
             # tables, and the choice must outlive this process.
             client.command(
@@ -307,6 +315,23 @@ class ClickHouseWarehouse:
         self._writer = client
         log.info("warehouse %s open for writing (database %s)", self.target.display, self.database)
         return client
+
+    def _migrate_discards(self, client: Client) -> None:
+        """Give a `discards` table of the release before the columns that keep every value.
+
+        Its rows stay; they read ``key_path`` as ``[]`` and ``message_id`` as ``''``. Columns
+        added in the same ALTER may extend the sort key, so this is a metadata change.
+        """
+        columns = self._read_columns(client, DISCARDS_TABLE)
+        if "key_path" in columns and "message_id" in columns:
+            return
+        client.command(
+            f"ALTER TABLE {self._qualified(DISCARDS_TABLE)} "
+            "ADD COLUMN IF NOT EXISTS key_path Array(String) AFTER column_name, "
+            "ADD COLUMN IF NOT EXISTS message_id String AFTER row_id, "
+            f"MODIFY ORDER BY ({', '.join(quote(name) for name in DISCARDS_ORDER_BY)})"
+        )
+        log.info("warehouse: discards table extended to keep every value set aside")
 
     def _close_writer(self) -> None:
         if self._writer is not None:
@@ -550,7 +575,7 @@ class ClickHouseWarehouse:
                 return first_pass.prepared
         # New columns in the order they first appear, with the kinds this batch brings them.
         arriving = {
-            name: [infer(raw)[0] for _, _, raw in values]
+            name: [infer(raw)[0] for _, raw in values]
             for name, values in first_pass.arriving.items()
         }
         widen = list(first_pass.widen)
@@ -582,17 +607,19 @@ class ClickHouseWarehouse:
         # A second pass against the evolved table: what still has no column is over the cap.
         cast_rows = _cast_to_columns(rows, table, self._kinds(table, columns))
         for name in cast_rows.arriving:
-            for row_id, received_at, raw in cast_rows.arriving[name]:
+            for row, raw in cast_rows.arriving[name]:
                 cast_rows.discards.append(
                     Discard(
                         table_name=table,
                         column_name=name,
-                        row_id=row_id,
+                        key_path=row.key_path(name),
+                        row_id=row.row_id,
+                        message_id=row.message_id,
                         value=text_of(raw),
                         value_type=sent_as(raw),
                         column_type="",
                         reason="column_limit",
-                        received_at=received_at,
+                        received_at=row.received_at,
                     )
                 )
         discards += cast_rows.discards
@@ -684,7 +711,9 @@ class ClickHouseWarehouse:
             [
                 d.table_name,
                 d.column_name,
+                d.key_path,
                 d.row_id,
+                d.message_id,
                 d.value,
                 d.value_type,
                 d.column_type,
@@ -697,7 +726,8 @@ class ClickHouseWarehouse:
         token = _token(
             DISCARDS_TABLE,
             (
-                f"{d.table_name}\x00{d.column_name}\x00{d.row_id}\x00{d.received_at}\x00{d.value}"
+                f"{d.table_name}\x00{d.column_name}\x00{d.key_path}\x00{d.row_id}\x00"
+                f"{d.message_id}\x00{d.received_at}\x00{d.value}"
                 for d in discards
             ),
         )
@@ -761,8 +791,8 @@ class _CastRows:
     def __init__(self) -> None:
         self.prepared: list[tuple[Row, dict[str, Any]]] = []
         self.discards: list[Discard] = []
-        # Values with no column yet, by column name: (row id, received_at, value).
-        self.arriving: dict[str, list[tuple[str, datetime, Any]]] = {}
+        # Values with no column yet, by column name: (their row, the value).
+        self.arriving: dict[str, list[tuple[Row, Any]]] = {}
         # Integer columns that met a float, in the order they did.
         self.widen: dict[str, None] = {}
 
@@ -784,7 +814,7 @@ def _cast_to_columns(rows: list[Row], table: str, columns: ColumnKinds) -> _Cast
                 continue
             kind = kinds.get(name)
             if kind is None:
-                arriving.setdefault(name, []).append((row.row_id, row.received_at, raw))
+                arriving.setdefault(name, []).append((row, raw))
                 continue
             try:
                 value = cast(raw, kind)
@@ -797,7 +827,9 @@ def _cast_to_columns(rows: list[Row], table: str, columns: ColumnKinds) -> _Cast
                 Discard(
                     table_name=table,
                     column_name=name,
+                    key_path=row.key_path(name),
                     row_id=row.row_id,
+                    message_id=row.message_id,
                     value=text_of(raw),
                     value_type=sent_as(raw),
                     column_type=columns.types[name],
