@@ -51,9 +51,33 @@ def test_an_http_dsn_connects_to_default_and_never_shows_the_password() -> None:
         ({"SIGNALSMITH_WAREHOUSE_DSN": "postgres://db/x"}, "unsupported scheme"),
         ({"SIGNALSMITH_WAREHOUSE_DSN": "chdb://memory"}, "loses every event"),
         ({"SIGNALSMITH_WAREHOUSE_BATCH_SIZE": "lots"}, "BATCH_SIZE"),
-        ({"SIGNALSMITH_WAREHOUSE_MAX_COLUMNS": "0"}, "at least 1"),
+        ({"SIGNALSMITH_WAREHOUSE_MAX_COLUMNS": "0"}, "MAX_COLUMNS=0 .* at least 1"),
+        (
+            {"SIGNALSMITH_WAREHOUSE_MAX_EVENT_TABLES_PER_SOURCE": "0"},
+            "MAX_EVENT_TABLES_PER_SOURCE=0 .* at least 1",
+        ),
+        (
+            {"SIGNALSMITH_WAREHOUSE_MAX_NEW_EVENT_TABLES_PER_BATCH": "-1"},
+            "MAX_NEW_EVENT_TABLES_PER_BATCH=-1 .* at least 1",
+        ),
+        ({"SIGNALSMITH_WAREHOUSE_MAX_WAIT_SECONDS": "-1"}, "at least 0"),
     ],
 )
 def test_unusable_settings_name_the_fix(environ: dict[str, str], says: str) -> None:
     with pytest.raises(WarehouseConfigError, match=says):
         WarehouseConfig.from_env(environ).target(Path("data"))
+
+
+def test_the_event_table_caps_default_to_a_few_hundred_and_are_read_from_the_environment() -> None:
+    defaults = WarehouseConfig.from_env({})
+    assert (defaults.max_event_tables_per_source, defaults.max_new_event_tables_per_batch) == (
+        500,
+        100,
+    )
+    config = WarehouseConfig.from_env(
+        {
+            "SIGNALSMITH_WAREHOUSE_MAX_EVENT_TABLES_PER_SOURCE": "2000",
+            "SIGNALSMITH_WAREHOUSE_MAX_NEW_EVENT_TABLES_PER_BATCH": "20",
+        }
+    )
+    assert (config.max_event_tables_per_source, config.max_new_event_tables_per_batch) == (2000, 20)

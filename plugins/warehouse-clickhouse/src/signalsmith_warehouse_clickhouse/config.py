@@ -40,6 +40,14 @@ class WarehouseConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_attempts: int = 6
     # Most columns a table may have; values for columns past it go to `discards`.
     max_columns: int = 1000
+    # Most event tables (one per track event name) one source may create; calls of names past
+    # it are in `tracks` only, their properties in `discards`. Creating a table takes the
+    # engine tens of milliseconds, during which every source's events wait.
+    max_event_tables_per_source: int = 500
+    # Most event tables one batch creates, shared among the sources that bring new names;
+    # names past it get their tables in later batches. Bounds how long one batch can hold up
+    # the events behind it.
+    max_new_event_tables_per_batch: int = 100
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WarehouseConfig:
@@ -58,10 +66,22 @@ class WarehouseConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise WarehouseConfigError(
                 f"{name}={env.get(name, '')!r} is not valid: {reason}"
             ) from error
-        if config.batch_size < 1 or config.max_columns < 1 or config.max_wait_seconds < 0:
+        at_least_one = (
+            "batch_size",
+            "max_columns",
+            "max_event_tables_per_source",
+            "max_new_event_tables_per_batch",
+        )
+        for name in at_least_one:
+            if getattr(config, name) < 1:
+                raise WarehouseConfigError(
+                    f"{ENV_PREFIX}{name.upper()}={getattr(config, name)} is not valid: it must "
+                    "be at least 1"
+                )
+        if config.max_wait_seconds < 0:
             raise WarehouseConfigError(
-                f"{ENV_PREFIX}BATCH_SIZE and {ENV_PREFIX}MAX_COLUMNS must be at least 1 and "
-                f"{ENV_PREFIX}MAX_WAIT_SECONDS at least 0"
+                f"{ENV_PREFIX}MAX_WAIT_SECONDS={config.max_wait_seconds} is not valid: it must "
+                "be at least 0"
             )
         return config
 

@@ -6,10 +6,11 @@ call runs on a thread of this warehouse's own, never on the event loop: one thre
 (chDB sessions are not thread-safe, and the schema cache is then touched by one thread only),
 another answers read-only queries, each with its own session.
 
-A batch is written in four steps: name the tables of new event names; turn events into rows;
-bring each table's schema up to what its rows need (create it, add columns, widen integer
-columns that meet floats) and cast every value to its column, setting aside what does not fit;
-then one insert per table, plus one into ``discards``, each as JSON lines ClickHouse parses.
+A batch is written in four steps: name the tables of new event names (within the caps on event
+tables per source and on new ones per batch); turn events into rows; bring each table's schema
+up to what its rows need (create it, add columns, widen integer columns that meet floats) and
+cast every value to its column, setting aside what does not fit; then one insert per table,
+plus one into ``discards``, each as JSON lines ClickHouse parses.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from signalsmith_warehouse_clickhouse.rows import (
     Row,
     event_rows,
     fixed_columns,
+    untabled_properties,
 )
 from signalsmith_warehouse_clickhouse.values import (
     AS_IT_IS,
@@ -75,7 +77,9 @@ T = TypeVar("T")
 DISCARD_COLUMNS: dict[str, str] = {
     "table_name": "String",
     "column_name": "String",
+    "key_path": "Array(String)",
     "row_id": "String",
+    "message_id": "String",
     "value": "String",
     "value_type": "String",
     "column_type": "String",
@@ -83,6 +87,11 @@ DISCARD_COLUMNS: dict[str, str] = {
     "received_at": TIMESTAMP,
     "discarded_at": LOADED_AT,
 }
+# Every value set aside is a row of its own: one call can set aside several values for one
+# column of one row (keys that snake-case alike; two identifies of one user in one request), and
+# only a redelivery of the same value may merge with it. The release before ordered by the first
+# four alone; `_open_writer` extends such a table in place.
+DISCARDS_ORDER_BY = ("table_name", "column_name", "row_id", "received_at", "message_id", "key_path")
 # How many recent inserts per table ClickHouse remembers by their deduplication token, so that
 # a batch written again (a retry after a partial failure) is skipped before it makes a row.
 DEDUPLICATION_WINDOW = 1000
@@ -100,6 +109,12 @@ JSON_INSERT_SETTINGS: dict[str, Any] = {
 # Values of types JSON has no notation for (IP addresses read back from a column changed by
 # hand, say) are written as their text, which is how ClickHouse reads them.
 _json_lines = msgspec.json.Encoder(enc_hook=str)
+# Why a track has no table of its own (`discards.reason`): its source has the most event tables
+# it may have, or its batch made the most new ones it may make.
+EVENT_TABLE_LIMIT = "event_table_limit"
+NEW_TABLE_LIMIT = "new_table_limit"
+# A source's calls left without a table are logged at most this often per source and reason.
+UNTABLED_WARNING_SECONDS = 60.0
 # Values per IN (...) list when looking rows up by id.
 LOOKUP_CHUNK = 1000
 # Most rows a read-only query returns.
@@ -209,6 +224,8 @@ class ClickHouseWarehouse:
         self._table_kinds: dict[str, tuple[dict[str, str], ColumnKinds]] = {}
         # Event name -> its table, as recorded in `_event_tables`.
         self._event_tables: dict[str, str] = {}
+        # (source, reason) -> when calls left without a table were last logged.
+        self._untabled_warned_at: dict[tuple[str, str], float] = {}
 
     def __repr__(self) -> str:
         return f"ClickHouseWarehouse({self.target.display}, database={self.database!r})"
@@ -291,22 +308,48 @@ class ClickHouseWarehouse:
         client = self._connect(database=None)
         try:
             client.command(f"CREATE DATABASE IF NOT EXISTS {quote(self.database)}")
-            self._create_table(client, DISCARDS_TABLE, DISCARD_COLUMNS, {}, "discarded_at", (
-                "table_name", "column_name", "row_id", "received_at"
-            ))  # fmt: skip
+            self._create_table(
+                client, DISCARDS_TABLE, DISCARD_COLUMNS, {}, "discarded_at", DISCARDS_ORDER_BY
+            )
+            self._migrate_discards(client)
             # Which table each event name got: names that snake-case alike get different
-            # tables, and the choice must outlive this process.
+            # tables, and the choice must outlive this process. `source_id` is the source
+            # whose call claimed it, which the per-source cap counts.
             client.command(
                 f"CREATE TABLE IF NOT EXISTS {self._qualified(EVENT_TABLES_TABLE)} "
-                "(event_text String, table_name String, claimed_at DateTime64(6, 'UTC')) "
+                "(event_text String, table_name String, claimed_at DateTime64(6, 'UTC'), "
+                "source_id String) "
                 "ENGINE = ReplacingMergeTree(claimed_at) ORDER BY event_text"
             )
+            if "source_id" not in self._read_columns(client, EVENT_TABLES_TABLE):
+                # Made by an earlier release: its claims count for no source ('').
+                client.command(
+                    f"ALTER TABLE {self._qualified(EVENT_TABLES_TABLE)} "
+                    "ADD COLUMN IF NOT EXISTS source_id String"
+                )
         except Exception:
             client.close()
             raise
         self._writer = client
         log.info("warehouse %s open for writing (database %s)", self.target.display, self.database)
         return client
+
+    def _migrate_discards(self, client: Client) -> None:
+        """Give a `discards` table of the release before the columns that keep every value.
+
+        Its rows stay; they read ``key_path`` as ``[]`` and ``message_id`` as ``''``. Columns
+        added in the same ALTER may extend the sort key, so this is a metadata change.
+        """
+        columns = self._read_columns(client, DISCARDS_TABLE)
+        if "key_path" in columns and "message_id" in columns:
+            return
+        client.command(
+            f"ALTER TABLE {self._qualified(DISCARDS_TABLE)} "
+            "ADD COLUMN IF NOT EXISTS key_path Array(String) AFTER column_name, "
+            "ADD COLUMN IF NOT EXISTS message_id String AFTER row_id, "
+            f"MODIFY ORDER BY ({', '.join(quote(name) for name in DISCARDS_ORDER_BY)})"
+        )
+        log.info("warehouse: discards table extended to keep every value set aside")
 
     def _close_writer(self) -> None:
         if self._writer is not None:
@@ -404,13 +447,14 @@ class ClickHouseWarehouse:
 
     def _write(self, client: Client, events: list[Event]) -> WriteReport:
         loaded_at = datetime.now(UTC)
-        names = list(dict.fromkeys(event.event for event in events if isinstance(event, Track)))
-        tables = self._resolve_event_tables(client, names)
+        tables, untabled = self._resolve_event_tables(client, events)
         by_table: dict[str, list[Row]] = {}
         discards: list[Discard] = []
         for event in events:
-            rows, set_aside = event_rows(event, loaded_at, tables.__getitem__)
+            rows, set_aside = event_rows(event, loaded_at, tables.get)
             discards += set_aside
+            if untabled and isinstance(event, Track) and event.event not in tables:
+                discards.append(untabled_properties(event, untabled[event.project_id]))
             for row in rows:
                 by_table.setdefault(row.table, []).append(row)
         prepared = {
@@ -429,18 +473,86 @@ class ClickHouseWarehouse:
 
     # -- event tables --
 
-    def _resolve_event_tables(self, client: Client, names: list[str]) -> dict[str, str]:
-        """The table of every event name in ``names``, claiming tables for new names."""
+    def _resolve_event_tables(
+        self, client: Client, events: list[Event]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The table of each track event name of ``events`` that has one, claiming tables for
+        new names within the caps; and, by source, why its calls of the names left without a
+        table have none (`EVENT_TABLE_LIMIT` or `NEW_TABLE_LIMIT`)."""
+        names = dict.fromkeys(event.event for event in events if isinstance(event, Track))
         missing = [name for name in names if name not in self._event_tables]
         if not missing:
-            return self._event_tables
+            return self._event_tables, {}
         for chunk in _chunks(missing, LOOKUP_CHUNK):
             found = client.query(
                 f"SELECT event_text, table_name FROM {self._qualified(EVENT_TABLES_TABLE)} FINAL "
                 f"WHERE event_text IN ({_literals(chunk)})"
             ).result_rows
             self._event_tables.update({text: table for text, table in found})
-        missing = [name for name in missing if name not in self._event_tables]
+        new = {name for name in missing if name not in self._event_tables}
+        if not new:
+            return self._event_tables, {}
+        # The new names of each source, in the order its calls brought them.
+        wanted: dict[str, dict[str, None]] = {}
+        for event in events:
+            if isinstance(event, Track) and event.event in new:
+                wanted.setdefault(event.project_id, {})[event.event] = None
+        chosen, untabled = self._allot_new_tables(client, wanted)
+        if chosen:
+            self._claim_event_tables(client, chosen)
+        for source, reason in untabled.items():
+            left = sum(name not in self._event_tables for name in wanted[source])
+            self._warn_untabled(source, reason, left)
+        return self._event_tables, untabled
+
+    def _allot_new_tables(
+        self, client: Client, wanted: dict[str, dict[str, None]]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Which new names get a table in this batch (name -> the source it counts for), and
+        why the sources of the others get none.
+
+        A source gets tables up to its cap; the batch makes at most its own cap of them. Sources
+        take turns, one name each, so one source's flood does not take another's turn: a source
+        with one new name gets its table whatever else the batch holds.
+        """
+        cap = self.config.max_event_tables_per_source
+        claimed = self._event_tables_claimed_by(client, list(wanted))
+        room = {source: max(0, cap - claimed.get(source, 0)) for source in wanted}
+        budget = self.config.max_new_event_tables_per_batch
+        chosen: dict[str, str] = {}
+        turns = {source: iter(names) for source, names in wanted.items() if room[source]}
+        while budget and turns:
+            for source, names in list(turns.items()):
+                name = next((name for name in names if name not in chosen), None)
+                if name is not None:
+                    chosen[name] = source
+                    room[source] -= 1
+                    budget -= 1
+                if name is None or not room[source]:
+                    del turns[source]
+                if not budget:
+                    break
+        untabled = {
+            source: EVENT_TABLE_LIMIT if not room[source] else NEW_TABLE_LIMIT
+            for source, names in wanted.items()
+            if any(name not in chosen for name in names)
+        }
+        return chosen, untabled
+
+    def _event_tables_claimed_by(self, client: Client, sources: list[str]) -> dict[str, int]:
+        # Counted afresh whenever a batch brings new names: other writers claim tables too.
+        counts: dict[str, int] = {}
+        for chunk in _chunks(sources, LOOKUP_CHUNK):
+            found = client.query(
+                f"SELECT source_id, count() FROM {self._qualified(EVENT_TABLES_TABLE)} FINAL "
+                f"WHERE source_id IN ({_literals(chunk)}) GROUP BY source_id"
+            ).result_rows
+            counts.update({source: int(count) for source, count in found})
+        return counts
+
+    def _claim_event_tables(self, client: Client, chosen: dict[str, str]) -> None:
+        """Claim a table for each new name of ``chosen`` (name -> the source it counts for)."""
+        missing = list(chosen)
         candidates = {name: event_table_candidates(name) for name in missing}
         holders = self._table_holders(
             client, {table for tables in candidates.values() for table in tables}
@@ -451,11 +563,11 @@ class ClickHouseWarehouse:
         for _ in range(3):
             if not missing:
                 break
-            chosen: dict[str, str] = {}
+            claims: dict[str, str] = {}
             for name in missing:
                 for table in candidates[name]:
                     if holders.get(table, name) == name:
-                        chosen[name] = table
+                        claims[name] = table
                         holders[table] = name
                         break
                 else:  # pragma: no cover - the last candidate is a 160-bit hash of the name
@@ -464,18 +576,42 @@ class ClickHouseWarehouse:
             self._insert_rows(
                 client,
                 EVENT_TABLES_TABLE,
-                ["event_text", "table_name", "claimed_at"],
-                [[name, table, now] for name, table in chosen.items()],
+                ["event_text", "table_name", "claimed_at", "source_id"],
+                [[name, table, now, chosen[name]] for name, table in claims.items()],
             )
-            confirmed = self._table_holders(client, set(chosen.values()))
+            confirmed = self._table_holders(client, set(claims.values()))
             holders.update(confirmed)
-            for name, table in chosen.items():
+            for name, table in claims.items():
                 if confirmed.get(table) == name:
                     self._event_tables[name] = table
             missing = [name for name in missing if name not in self._event_tables]
         if missing:
             raise RuntimeError(f"could not claim tables for events {missing!r}; retrying")
-        return self._event_tables
+
+    def _warn_untabled(self, source: str, reason: str, names: int) -> None:
+        now = time.monotonic()
+        warned_at = self._untabled_warned_at.get((source, reason))
+        if warned_at is not None and now - warned_at < UNTABLED_WARNING_SECONDS:
+            return
+        self._untabled_warned_at[(source, reason)] = now
+        if reason == EVENT_TABLE_LIMIT:
+            why = (
+                f"source {source!r} has its {self.config.max_event_tables_per_source} event "
+                "tables (SIGNALSMITH_WAREHOUSE_MAX_EVENT_TABLES_PER_SOURCE)"
+            )
+        else:
+            why = (
+                f"this batch made its {self.config.max_new_event_tables_per_batch} new event "
+                "tables (SIGNALSMITH_WAREHOUSE_MAX_NEW_EVENT_TABLES_PER_BATCH); "
+                f"source {source!r} gets more in later batches"
+            )
+        log.warning(
+            "warehouse: %s: %d new event names got no table; their calls are in tracks "
+            "(event ''), their properties in discards (reason %s)",
+            why,
+            names,
+            reason,
+        )
 
     def _table_holders(self, client: Client, tables: set[str]) -> dict[str, str]:
         holders: dict[str, str] = {}
@@ -550,7 +686,7 @@ class ClickHouseWarehouse:
                 return first_pass.prepared
         # New columns in the order they first appear, with the kinds this batch brings them.
         arriving = {
-            name: [infer(raw)[0] for _, _, raw in values]
+            name: [infer(raw)[0] for _, raw in values]
             for name, values in first_pass.arriving.items()
         }
         widen = list(first_pass.widen)
@@ -582,17 +718,19 @@ class ClickHouseWarehouse:
         # A second pass against the evolved table: what still has no column is over the cap.
         cast_rows = _cast_to_columns(rows, table, self._kinds(table, columns))
         for name in cast_rows.arriving:
-            for row_id, received_at, raw in cast_rows.arriving[name]:
+            for row, raw in cast_rows.arriving[name]:
                 cast_rows.discards.append(
                     Discard(
                         table_name=table,
                         column_name=name,
-                        row_id=row_id,
+                        key_path=row.key_path(name),
+                        row_id=row.row_id,
+                        message_id=row.message_id,
                         value=text_of(raw),
                         value_type=sent_as(raw),
                         column_type="",
                         reason="column_limit",
-                        received_at=received_at,
+                        received_at=row.received_at,
                     )
                 )
         discards += cast_rows.discards
@@ -684,7 +822,9 @@ class ClickHouseWarehouse:
             [
                 d.table_name,
                 d.column_name,
+                d.key_path,
                 d.row_id,
+                d.message_id,
                 d.value,
                 d.value_type,
                 d.column_type,
@@ -697,7 +837,8 @@ class ClickHouseWarehouse:
         token = _token(
             DISCARDS_TABLE,
             (
-                f"{d.table_name}\x00{d.column_name}\x00{d.row_id}\x00{d.received_at}\x00{d.value}"
+                f"{d.table_name}\x00{d.column_name}\x00{d.key_path}\x00{d.row_id}\x00"
+                f"{d.message_id}\x00{d.received_at}\x00{d.value}"
                 for d in discards
             ),
         )
@@ -761,8 +902,8 @@ class _CastRows:
     def __init__(self) -> None:
         self.prepared: list[tuple[Row, dict[str, Any]]] = []
         self.discards: list[Discard] = []
-        # Values with no column yet, by column name: (row id, received_at, value).
-        self.arriving: dict[str, list[tuple[str, datetime, Any]]] = {}
+        # Values with no column yet, by column name: (their row, the value).
+        self.arriving: dict[str, list[tuple[Row, Any]]] = {}
         # Integer columns that met a float, in the order they did.
         self.widen: dict[str, None] = {}
 
@@ -784,7 +925,7 @@ def _cast_to_columns(rows: list[Row], table: str, columns: ColumnKinds) -> _Cast
                 continue
             kind = kinds.get(name)
             if kind is None:
-                arriving.setdefault(name, []).append((row.row_id, row.received_at, raw))
+                arriving.setdefault(name, []).append((row, raw))
                 continue
             try:
                 value = cast(raw, kind)
@@ -797,7 +938,9 @@ def _cast_to_columns(rows: list[Row], table: str, columns: ColumnKinds) -> _Cast
                 Discard(
                     table_name=table,
                     column_name=name,
+                    key_path=row.key_path(name),
                     row_id=row.row_id,
+                    message_id=row.message_id,
                     value=text_of(raw),
                     value_type=sent_as(raw),
                     column_type=columns.types[name],
