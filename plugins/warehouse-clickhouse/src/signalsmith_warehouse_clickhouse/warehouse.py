@@ -39,7 +39,7 @@ from signalsmith_warehouse_clickhouse.naming import (
     event_table_candidates,
     quote,
 )
-from signalsmith_warehouse_clickhouse.readonly import read_only_query
+from signalsmith_warehouse_clickhouse.readonly import NotReadOnly, checked_statement
 from signalsmith_warehouse_clickhouse.rows import (
     LOADED_AT,
     PROFILE_TABLES,
@@ -366,12 +366,19 @@ class ClickHouseWarehouse:
     # --- reading ------------------------------------------------------------------------------
 
     def query_sync(self, sql: str, *, limit: int | None = None) -> QueryResult:
-        statement = read_only_query(sql)
         limit = min(limit or self.query_row_limit, self.query_row_limit)
         reader = self._open_reader()
+        settings = self._reader_settings or None
         try:
-            result = reader.query(statement, settings=self._reader_settings or None)
+            statement = checked_statement(
+                sql,
+                self.database,
+                lambda query: reader.query(query, settings=settings).result_rows[0][0],
+            )
+            result = reader.query(statement, settings=settings)
             rows = result.result_rows
+        except NotReadOnly:
+            raise
         except Exception as error:
             # A failed statement can leave output behind on a chDB session; start a fresh one.
             self._close_reader()
@@ -853,4 +860,6 @@ def _clickhouse_message(error: BaseException) -> str:
     for marker in ("DB::Exception: ",):
         while marker in text:
             text = text.split(marker, 1)[1]
-    return text.split(" (version ")[0].strip() or type(error).__name__
+    text = text.split(" (version ")[0]
+    # The check's own queries (see readonly.py) quote the query back; its position is enough.
+    return text.split(": In scope SELECT ")[0].strip() or type(error).__name__
