@@ -15,6 +15,7 @@ from signalsmith_warehouse_clickhouse import (
     QueryError,
     checked_statement,
 )
+from signalsmith_warehouse_clickhouse.warehouse import literal
 
 if TYPE_CHECKING:
     from conftest import Canaries
@@ -152,6 +153,17 @@ def test_anything_else_is_refused_with_the_reason(
         checked_statement(sql, DATABASE, ask)
 
 
+def test_the_reader_user_statements_in_the_readme_parse(ask: Callable[[str], Any]) -> None:
+    """No ClickHouse server runs where these tests do: the README's CREATE USER and GRANT are
+    checked as far as the engine's parser can."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("### A reader user")[1].split("```sql\n")[1].split("```")[0]
+    statements = [text.strip() for text in block.split(";") if text.strip()]
+    assert [statement.split()[0] for statement in statements] == ["CREATE", "GRANT"]
+    for statement in statements:
+        assert ask(f"SELECT formatQuerySingleLine({literal(statement)})")
+
+
 def test_a_query_clickhouse_cannot_parse_gets_its_reason(ask: Callable[[str], Any]) -> None:
     with pytest.raises(Exception, match="Syntax error"):
         checked_statement("SELECT 'unterminated", DATABASE, ask)
@@ -187,7 +199,7 @@ async def test_the_query_session_itself_cannot_write_or_reach_out(
     """The second wall: past the check, the session (ClickHouse's readonly = 1) still refuses
     writes, setting changes and table functions that reach outside."""
     warehouse = await open_warehouse()
-    reader = warehouse._open_reader()
+    session = warehouse._open_reader()
     try:
         for sql in (
             "CREATE TABLE sneaky (a UInt8) ENGINE = Memory",
@@ -197,9 +209,9 @@ async def test_the_query_session_itself_cannot_write_or_reach_out(
             "SELECT * FROM url('http://127.0.0.1:9/', 'LineAsString')",
         ):
             with pytest.raises(Exception, match=r"readonly|READONLY"):
-                reader.query(sql)
+                session.client.query(sql)
     finally:
-        warehouse._close_reader()
+        session.client.close()
     # And queries still get answers afterwards.
     assert (await warehouse.query("SELECT 41 + 1 AS answer")).rows == [[42]]
 

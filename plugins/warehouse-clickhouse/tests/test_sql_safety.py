@@ -263,7 +263,7 @@ async def test_no_query_built_around_a_way_out_reaches_anything(
     """Statements generated around table functions, functions, other databases, settings,
     comments, unions, subqueries, CTEs, case and quoting: each is refused or runs, and none
     reaches the canary file, the HTTP server, the TCP listener or the other database."""
-    warehouse = await open_warehouse()
+    warehouse = await open_warehouse(query_timeout_seconds=5.0)
     seen = {"refused": 0, "ran": 0}
 
     @settings(

@@ -17,7 +17,8 @@ how it reads the query, without running it (the query travels as a string litera
 checked as the ``FROM`` of ``SELECT * FROM <it>``, the same parser reading the same text.
 
 The session the statement runs in is the second wall: ``readonly = 1`` for chDB, ``readonly =
-2`` for a server.
+2`` with the limits for a server (where a reader user whose grants allow nothing else is the
+third; see the README).
 """
 
 from __future__ import annotations
@@ -398,7 +399,7 @@ class _Check:
         if kind == "SetQuery":
             raise NotReadOnly(
                 "leave out the SETTINGS clause: queries run with the warehouse's own settings "
-                "(read-only, FINAL)"
+                "(read-only, FINAL, the SIGNALSMITH_WAREHOUSE_QUERY_* limits)"
             )
         if kind == "QueryParameter":
             raise NotReadOnly(
