@@ -16,7 +16,7 @@ from signalsmith_warehouse_clickhouse import ClickHouseWarehouse
 OpenWarehouse = Callable[..., Awaitable[ClickHouseWarehouse]]
 _counter = iter(range(1_000_000))
 # Every table that is not an event's own.
-NOT_EVENT_TABLES = "('tracks', 'identifies', 'users', 'discards', '_event_tables')"
+NOT_EVENT_TABLES = {"tracks", "identifies", "users", "discards", "_event_tables"}
 
 
 def track(event: str, source: str, properties: dict[str, Any] | None = None) -> Track:
@@ -37,12 +37,9 @@ async def rows(warehouse: ClickHouseWarehouse, sql: str) -> list[dict[str, Any]]
 
 
 async def event_tables(warehouse: ClickHouseWarehouse) -> set[str]:
-    found = await rows(
-        warehouse,
-        "SELECT name FROM system.tables WHERE database = currentDatabase() "
-        f"AND name NOT IN {NOT_EVENT_TABLES}",
-    )
-    return {row["name"] for row in found}
+    # SHOW TABLES: `signalsmith sql` reads the warehouse's own tables only, not system.tables.
+    found = await rows(warehouse, "SHOW TABLES")
+    return {row["name"] for row in found} - NOT_EVENT_TABLES
 
 
 async def untabled(warehouse: ClickHouseWarehouse) -> dict[str, tuple[str, str]]:

@@ -12,6 +12,7 @@ import clickhouse_connect
 
 from signalsmith.model import Identify, Track
 from signalsmith_warehouse_clickhouse import ClickHouseWarehouse
+from signalsmith_warehouse_clickhouse.naming import quote
 from signalsmith_warehouse_clickhouse.rows import MAX_DEPTH
 
 OpenWarehouse = Callable[..., Awaitable[ClickHouseWarehouse]]
@@ -52,14 +53,8 @@ async def rows(warehouse: ClickHouseWarehouse, sql: str) -> list[dict[str, Any]]
 
 
 async def column_types(warehouse: ClickHouseWarehouse, table: str) -> dict[str, str]:
-    return {
-        row["name"]: row["type"]
-        for row in await rows(
-            warehouse,
-            f"SELECT name, type FROM system.columns WHERE database = currentDatabase() "
-            f"AND table = '{table}'",
-        )
-    }
+    # DESCRIBE: `signalsmith sql` reads the warehouse's own tables only, not system.columns.
+    return {row["name"]: row["type"] for row in await rows(warehouse, f"DESCRIBE {quote(table)}")}
 
 
 async def test_in_one_batch_the_latest_value_picks_a_new_columns_type(
@@ -370,9 +365,5 @@ async def test_a_discards_table_of_the_earlier_layout_is_migrated_in_place(
         ("old", "1"), ("alike", "2"), ("alike", "3")
     ]  # fmt: skip
     assert found[0]["key_path"] == [] and found[0]["message_id"] == ""
-    [key] = await rows(
-        warehouse,
-        "SELECT sorting_key FROM system.tables "
-        "WHERE database = currentDatabase() AND name = 'discards'",
-    )
-    assert key["sorting_key"].endswith("message_id, key_path")
+    [created] = await rows(warehouse, "SHOW CREATE TABLE discards")
+    assert "message_id, key_path)" in next(iter(created.values()))

@@ -48,6 +48,15 @@ class WarehouseConfig(msgspec.Struct, frozen=True, kw_only=True):
     # names past it get their tables in later batches. Bounds how long one batch can hold up
     # the events behind it.
     max_new_event_tables_per_batch: int = 100
+    # Read-only queries (`signalsmith sql`, the admin SQL endpoint): the engine stops one that
+    # runs longer or needs more memory than this, and this many run at once.
+    query_timeout_seconds: float = 30.0
+    query_max_memory_bytes: int = 1 << 30
+    query_concurrency: int = 4
+    # http(s)://reader:password@host:8123: the ClickHouse user queries run as, one whose grants
+    # allow reading the warehouse's database and nothing else (the README has the GRANTs).
+    # None: the DSN's user.
+    query_dsn: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WarehouseConfig:
@@ -83,6 +92,23 @@ class WarehouseConfig(msgspec.Struct, frozen=True, kw_only=True):
                 f"{ENV_PREFIX}MAX_WAIT_SECONDS={config.max_wait_seconds} is not valid: it must "
                 "be at least 0"
             )
+        if (
+            config.query_timeout_seconds <= 0
+            or config.query_max_memory_bytes < 1
+            or config.query_concurrency < 1
+        ):
+            raise WarehouseConfigError(
+                f"{ENV_PREFIX}QUERY_TIMEOUT_SECONDS, {ENV_PREFIX}QUERY_MAX_MEMORY_BYTES and "
+                f"{ENV_PREFIX}QUERY_CONCURRENCY must be above 0 (0 would mean no limit)"
+            )
+        if config.query_dsn is not None:
+            for dsn, name in ((config.query_dsn, "QUERY_DSN"), (config.dsn or "chdb:", "DSN")):
+                if urlsplit(dsn).scheme.lower() not in ("http", "https"):
+                    raise WarehouseConfigError(
+                        f"{ENV_PREFIX}QUERY_DSN is for a ClickHouse server, with users: "
+                        f"{ENV_PREFIX}{name} must be http(s)://... (an embedded chDB "
+                        "warehouse has no users; its queries run in a read-only session)"
+                    )
         return config
 
     def target(self, data_dir: Path) -> Target:
@@ -126,6 +152,13 @@ class WarehouseConfig(msgspec.Struct, frozen=True, kw_only=True):
             f"{ENV_PREFIX}DSN={dsn!r}: unsupported scheme {parts.scheme!r}; use chdb:///path/to/dir "
             "(embedded) or http(s)://user:password@host:8123/database (a ClickHouse server)"
         )
+
+    def reader_target(self, target: Target) -> Target:
+        """Where read-only queries run: ``target`` (from `target`), or as ``query_dsn``'s user."""
+        if self.query_dsn is None:
+            return target
+        reader = msgspec.structs.replace(self, dsn=self.query_dsn, database=target.database)
+        return reader.target(Path("."))
 
 
 class Target(msgspec.Struct, frozen=True, kw_only=True):

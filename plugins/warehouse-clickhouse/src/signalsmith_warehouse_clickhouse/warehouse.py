@@ -4,7 +4,9 @@ One class serves both targets through clickhouse-connect: ``chdb://`` runs the C
 in this process (chDB), ``http(s)://`` talks to a server. Its clients are blocking, so every
 call runs on a thread of this warehouse's own, never on the event loop: one thread writes
 (chDB sessions are not thread-safe, and the schema cache is then touched by one thread only),
-another answers read-only queries, each with its own session.
+a few others answer read-only queries, each in a read-only session of its own, so that a slow
+query does not hold up the next; the engine stops a query past its time or memory limit, or
+when the caller gives up on it.
 
 A batch is written in four steps: name the tables of new event names (within the caps on event
 tables per source and on new ones per batch); turn events into rows; bring each table's schema
@@ -20,7 +22,9 @@ import contextlib
 import gc
 import hashlib
 import logging
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
@@ -40,7 +44,7 @@ from signalsmith_warehouse_clickhouse.naming import (
     event_table_candidates,
     quote,
 )
-from signalsmith_warehouse_clickhouse.readonly import read_only_query
+from signalsmith_warehouse_clickhouse.readonly import NotReadOnly, checked_statement
 from signalsmith_warehouse_clickhouse.rows import (
     LOADED_AT,
     PROFILE_TABLES,
@@ -119,6 +123,7 @@ UNTABLED_WARNING_SECONDS = 60.0
 LOOKUP_CHUNK = 1000
 # Most rows a read-only query returns.
 QUERY_ROW_LIMIT = 10_000
+CANCELLED = "the query was cancelled: its client went away, or the server is stopping"
 # A table's columns are read again after this long, so a change made by hand or by another
 # writer is seen within it (the writer's own changes are seen at once).
 SCHEMA_TTL_SECONDS = 60.0
@@ -140,6 +145,34 @@ class QueryResult(msgspec.Struct, frozen=True, kw_only=True):
     rows: list[list[Any]]
     # More rows matched than were returned.
     truncated: bool = False
+
+
+class _ReaderSession:
+    """A read-only session, and the mark its queries carry (their ``log_comment``), by which
+    KILL QUERY finds them from another session."""
+
+    __slots__ = ("client", "mark", "settings")
+
+    def __init__(self, client: Client, mark: str, settings: dict[str, Any]) -> None:
+        self.client = client
+        self.mark = mark
+        # Sent with every query (a server's); chDB's are set on the session itself.
+        self.settings = settings
+
+    def ask(self, sql: str) -> Any:
+        """The one value ``sql`` returns."""
+        return self.client.query(sql, settings=self.settings or None).result_rows[0][0]
+
+
+class _RunningQuery:
+    """A query's hold on a reader session, so that another thread can stop it in the engine."""
+
+    __slots__ = ("cancelled", "lock", "session")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.session: _ReaderSession | None = None
+        self.cancelled = False
 
 
 class WriteReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -210,11 +243,25 @@ class ClickHouseWarehouse:
         self.target = target
         self.database = target.database
         self.query_row_limit = query_row_limit
+        # Where queries run: the same place, or as the reader user SIGNALSMITH_WAREHOUSE_QUERY_DSN
+        # names.
+        self.reader_target = config.reader_target(target)
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="signalsmith-ch-write")
-        self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="signalsmith-ch-read")
+        self._read_threads = ThreadPoolExecutor(
+            config.query_concurrency, thread_name_prefix="signalsmith-ch-read"
+        )
+        # Stops queries in the engine: a thread of its own, so that stopping one never waits
+        # behind the queries it is to stop.
+        self._cancel_thread = ThreadPoolExecutor(1, thread_name_prefix="signalsmith-ch-cancel")
         self._writer: Client | None = None
-        self._reader: Client | None = None
-        self._reader_settings: dict[str, Any] = {}
+        # Read-only sessions not in use; at most one per read thread is ever open.
+        self._idle_readers: list[_ReaderSession] = []
+        self._readers_lock = threading.Lock()
+        self._readers_closed = False
+        # The session KILL QUERY runs in (on the cancel thread).
+        self._killer: _ReaderSession | None = None
+        # Queries `query` is waiting for, stopped by `close`.
+        self._running: set[_RunningQuery] = set()
         # Columns (name -> ClickHouse type) of each table this process has seen; a table is
         # read from system.columns the first time, then kept up to date by our own DDL.
         self._tables: dict[str, dict[str, str]] = {}
@@ -244,28 +291,47 @@ class ClickHouseWarehouse:
         return await self._on(self._write_thread, partial(self.write_sync, events))
 
     async def query(self, sql: str, *, limit: int | None = None) -> QueryResult:
-        """Run one read-only statement, duplicates merged away (``FINAL`` on every table)."""
-        return await self._on(self._read_thread, partial(self.query_sync, sql, limit=limit))
+        """Run one read-only statement, duplicates merged away (``FINAL`` on every table).
+
+        Cancelling the task that awaits it (its HTTP client went away) stops it in the engine.
+        """
+        running = _RunningQuery()
+        self._running.add(running)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._read_threads, partial(self._query, sql, limit, running)
+            )
+        except asyncio.CancelledError:
+            await loop.run_in_executor(self._cancel_thread, partial(self._cancel, running))
+            raise
+        finally:
+            self._running.discard(running)
 
     async def close(self) -> None:
         await self._on(self._write_thread, self._close_writer)
-        await self._on(self._read_thread, self._close_reader)
+        running = list(self._running)
+        await self._on(self._cancel_thread, partial(self._close_readers, running))
         self._write_thread.shutdown(wait=False)
-        self._read_thread.shutdown(wait=False)
+        self._read_threads.shutdown(wait=False)
+        self._cancel_thread.shutdown(wait=False)
 
     def close_sync(self) -> None:
         """``close`` for callers without an event loop that used the ``*_sync`` methods."""
         self._close_writer()
-        self._close_reader()
+        self._close_readers([])
         self._write_thread.shutdown(wait=False)
-        self._read_thread.shutdown(wait=False)
+        self._read_threads.shutdown(wait=False)
+        self._cancel_thread.shutdown(wait=False)
 
     # --- connections --------------------------------------------------------------------------
 
-    def _connect(self, *, database: str | None) -> Client:
+    def _connect(
+        self, *, database: str | None, target: Target | None = None, receive_timeout: float = 300
+    ) -> Client:
         import clickhouse_connect
 
-        target = self.target
+        target = target or self.target
         try:
             if target.kind == "chdb":
                 return clickhouse_connect.get_client(
@@ -276,7 +342,7 @@ class ClickHouseWarehouse:
                 database=database or "default",
                 tz_mode="aware",
                 connect_timeout=10,
-                send_receive_timeout=300,
+                send_receive_timeout=receive_timeout,
             )
         except Exception as error:
             raise WarehouseUnavailable(self._explain(error)) from error
@@ -356,52 +422,98 @@ class ClickHouseWarehouse:
             self._writer.close()
             self._writer = None
 
-    def _open_reader(self) -> Client:
-        if self._reader is not None:
-            return self._reader
-        target = self.target
+    def _open_reader(self) -> _ReaderSession:
+        """A new read-only session, limits set, on the reader target."""
+        target = self.reader_target
         if target.kind == "chdb" and target.path is not None and not target.path.exists():
             raise WarehouseUnavailable(
                 f"no warehouse at {target.path} yet: start `signalsmith serve` and send an event "
                 "(or set SIGNALSMITH_WAREHOUSE_DSN / SIGNALSMITH_DATA_DIR to where it is)"
             )
-        client = self._connect(database=None)
-        try:
-            databases = client.query(
-                f"SELECT count() FROM system.databases WHERE name = {literal(self.database)}"
-            ).result_rows
-            if not databases or not databases[0][0]:
-                raise WarehouseUnavailable(
-                    f"the warehouse {target.display} has no database {self.database!r} yet: no "
-                    "event has been written to it; send one and try again"
+        no_database = WarehouseUnavailable(
+            f"the warehouse {target.display} has no database {self.database!r} yet: no "
+            "event has been written to it; send one and try again"
+        )
+        config = self.config
+        if target.kind == "chdb":
+            client = self._connect(database=None, target=target)
+        else:
+            # Straight into the warehouse's database: a reader user may see nothing else.
+            try:
+                client = self._connect(
+                    database=self.database,
+                    target=target,
+                    receive_timeout=max(300.0, config.query_timeout_seconds + 30),
                 )
-            client.database = self.database
-            limits = {
-                # FINAL on every table: a row written twice (a redelivered batch) shows once.
-                "final": 1,
-                "max_result_rows": self.query_row_limit + 1,
-                "result_overflow_mode": "break",
-            }
+            except WarehouseUnavailable as error:
+                if "UNKNOWN_DATABASE" in str(error):
+                    raise no_database from error
+                raise
+        # Its queries carry this mark (their log_comment): KILL QUERY finds them by it.
+        mark = f"signalsmith-sql {uuid.uuid4().hex}"
+        settings: dict[str, Any] = {
+            # FINAL on every table: a row written twice (a redelivered batch) shows once.
+            "final": 1,
+            "max_result_rows": self.query_row_limit + 1,
+            "result_overflow_mode": "break",
+            "max_execution_time": config.query_timeout_seconds,
+            "max_memory_usage": config.query_max_memory_bytes,
+            "log_comment": mark,
+        }
+        try:
             if target.kind == "chdb":
-                # Session-wide and set last: from here on this session cannot write, change a
-                # setting, or use table functions (file(), url()) that reach outside.
-                for name, value in limits.items():
+                databases = client.query(
+                    f"SELECT count() FROM system.databases WHERE name = {literal(self.database)}"
+                ).result_rows
+                if not databases or not databases[0][0]:
+                    raise no_database
+                client.database = self.database
+                # Session-wide and set last: from here on this session cannot write or change
+                # a setting (a query's SETTINGS clause included).
+                for name, value in settings.items():
                     client.command(f"SET {name} = {literal(str(value))}")
                 client.command("SET readonly = 1")
-                self._reader_settings = {}
+                settings = {}
             else:
-                # A server takes settings per request; readonly=2 allows these ones alongside.
-                self._reader_settings = {"readonly": 2, **limits}
+                # A server takes settings per request: readonly=2 refuses writes and a change
+                # of readonly itself, and allows these alongside. A query that outlives its
+                # HTTP request is stopped.
+                settings = {
+                    "readonly": 2,
+                    **settings,
+                    "cancel_http_readonly_queries_on_client_close": 1,
+                }
         except Exception:
             client.close()
             raise
-        self._reader = client
-        return client
+        return _ReaderSession(client, mark, settings)
 
-    def _close_reader(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+    def _take_reader(self) -> _ReaderSession:
+        with self._readers_lock:
+            if self._readers_closed:
+                raise WarehouseUnavailable(f"the warehouse {self.target.display} is closed")
+            if self._idle_readers:
+                return self._idle_readers.pop()
+        return self._open_reader()
+
+    def _give_back(self, session: _ReaderSession, *, reusable: bool) -> None:
+        with self._readers_lock:
+            if reusable and not self._readers_closed:
+                self._idle_readers.append(session)
+                return
+        session.client.close()
+
+    def _close_readers(self, running: list[_RunningQuery]) -> None:
+        with self._readers_lock:
+            self._readers_closed = True
+            idle, self._idle_readers = self._idle_readers, []
+        for query in running:
+            self._cancel(query)
+        for session in idle:
+            session.client.close()
+        if self._killer is not None:
+            self._killer.client.close()
+            self._killer = None
 
     def _qualified(self, table: str) -> str:
         return f"{quote(self.database)}.{quote(table)}"
@@ -409,28 +521,94 @@ class ClickHouseWarehouse:
     # --- reading ------------------------------------------------------------------------------
 
     def query_sync(self, sql: str, *, limit: int | None = None) -> QueryResult:
-        statement = read_only_query(sql)
+        """``query`` for callers without an event loop (`signalsmith sql` on its own)."""
+        return self._query(sql, limit, None)
+
+    def _query(self, sql: str, limit: int | None, running: _RunningQuery | None) -> QueryResult:
         limit = min(limit or self.query_row_limit, self.query_row_limit)
-        reader = self._open_reader()
+        session = self._take_reader()
+        reusable = False
         try:
-            result = reader.query(statement, settings=self._reader_settings or None)
+            if running is not None:
+                with running.lock:
+                    running.session = session
+            statement = checked_statement(sql, self.database, session.ask)
+            if running is not None and running.cancelled:
+                raise QueryError(CANCELLED)
+            result = session.client.query(statement, settings=session.settings or None)
             rows = result.result_rows
+            reusable = True
+        except NotReadOnly:
+            reusable = True
+            raise
+        except QueryError:
+            raise
         except Exception as error:
-            # A failed statement can leave output behind on a chDB session; start a fresh one.
-            self._close_reader()
-            message = _clickhouse_message(error)
-            if "UNKNOWN_TABLE" in message:
-                message += (
-                    "; a table is created by the first event that lands in it, so it may not "
-                    "exist yet: `signalsmith sql 'SHOW TABLES'` lists the tables there are"
-                )
-            raise QueryError(message) from error
+            # A failed statement can leave output behind on a chDB session; the next query
+            # gets a fresh one.
+            raise QueryError(self._failure(error)) from error
+        finally:
+            if running is not None:
+                with running.lock:
+                    running.session = None
+            self._give_back(session, reusable=reusable)
         return QueryResult(
             columns=list(result.column_names),
             types=[column_type.name for column_type in result.column_types],
             rows=[[plain(value) for value in row] for row in rows[:limit]],
             truncated=len(rows) > limit,
         )
+
+    def _failure(self, error: BaseException) -> str:
+        """What went wrong with a query, in the words of its fix."""
+        message = _clickhouse_message(error)
+        config = self.config
+        if "TIMEOUT_EXCEEDED" in message:
+            return (
+                f"the query ran longer than {config.query_timeout_seconds:g} s and the engine "
+                "stopped it: narrow it (a WHERE on received_at, a LIMIT) or raise "
+                f"SIGNALSMITH_WAREHOUSE_QUERY_TIMEOUT_SECONDS ({message})"
+            )
+        if "MEMORY_LIMIT_EXCEEDED" in message:
+            return (
+                f"the query needed more than {config.query_max_memory_bytes} bytes of memory and "
+                "the engine stopped it: narrow it or raise "
+                f"SIGNALSMITH_WAREHOUSE_QUERY_MAX_MEMORY_BYTES ({message})"
+            )
+        if "QUERY_WAS_CANCELLED" in message:
+            return CANCELLED
+        if "UNKNOWN_TABLE" in message:
+            message += (
+                "; a table is created by the first event that lands in it, so it may not "
+                "exist yet: `signalsmith sql 'SHOW TABLES'` lists the tables there are"
+            )
+        return message
+
+    def _cancel(self, running: _RunningQuery) -> None:
+        """Stop ``running`` in the engine: KILL QUERY by its session's mark, from a session of
+        its own, until its thread lets go of the session (a kill that lands between the check
+        and the query finds nothing to stop, so it is sent again)."""
+        with running.lock:
+            running.cancelled = True
+        deadline = time.monotonic() + self.config.query_timeout_seconds + 10
+        while time.monotonic() < deadline:
+            with running.lock:
+                session = running.session
+                if session is None:
+                    return
+                try:
+                    if self._killer is None:
+                        self._killer = self._open_reader()
+                    self._killer.client.command(
+                        f"KILL QUERY WHERE Settings['log_comment'] = {literal(session.mark)} ASYNC",
+                        settings=self._killer.settings or None,
+                    )
+                except Exception as error:
+                    log.warning("warehouse: could not stop a query: %s", error)
+                    if self._killer is not None:
+                        self._killer.client.close()
+                        self._killer = None
+            time.sleep(0.1)
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -996,4 +1174,6 @@ def _clickhouse_message(error: BaseException) -> str:
     for marker in ("DB::Exception: ",):
         while marker in text:
             text = text.split(marker, 1)[1]
-    return text.split(" (version ")[0].strip() or type(error).__name__
+    text = text.split(" (version ")[0]
+    # The check's own queries (see readonly.py) quote the query back; its position is enough.
+    return text.split(": In scope SELECT ")[0].strip() or type(error).__name__
