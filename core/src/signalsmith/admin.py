@@ -112,8 +112,12 @@ class AdminClient:
         token = settings.admin_token or ensure_admin_token(settings.data_path)
         client = cls(url, token)
         try:
-            httpx.get(f"{client.base_url}/healthz", timeout=2).raise_for_status()
+            # 503 is a running server with a part down (its Redis restarting): still the one
+            # holding the data directory.
+            answer = httpx.get(f"{client.base_url}/healthz", timeout=2)
         except httpx.HTTPError:
+            answer = None
+        if answer is None or answer.status_code not in (200, 503):
             client.close()
             return None
         return client

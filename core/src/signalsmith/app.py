@@ -392,7 +392,7 @@ def create_app(
             # does anything close.
             await _finish_requests(app)
             if worker_task is not None:
-                await _drain_sinks(runtime, worker_task)
+                await _drain_sinks(app, runtime, worker_task)
                 worker_stop.set()
                 try:
                     await asyncio.wait_for(worker_task, timeout=30)
@@ -524,7 +524,9 @@ async def _finish_requests(app: CollectorApp) -> None:
         log.warning("shutting down with %d requests still unanswered", app.requests_in_flight)
 
 
-async def _drain_sinks(runtime: Runtime, worker_task: asyncio.Task[None]) -> None:
+async def _drain_sinks(
+    app: CollectorApp, runtime: Runtime, worker_task: asyncio.Task[None]
+) -> None:
     """Let the embedded worker deliver and acknowledge every entry in the stream, so that an
     event answered 200 before a stop is delivered by this run, not the next (bounded wait)."""
     loop = asyncio.get_running_loop()
@@ -539,7 +541,8 @@ async def _drain_sinks(runtime: Runtime, worker_task: asyncio.Task[None]) -> Non
         except (RedisError, OSError) as error:
             log.warning("stopping the worker without draining: Redis: %s", error)
             return
-        if not behind:
+        # A request still being answered may yet buffer events.
+        if not behind and not app.requests_in_flight:
             return
         if loop.time() >= deadline:
             log.warning(

@@ -37,6 +37,8 @@ class DataDirLock:
         self.data_dir = data_dir
         self.path = data_dir / LOCK_FILE
         self._fd: int | None = None
+        # The PID of a server that held the lock and did not let go of it cleanly (it died).
+        self.took_over_from: int | None = None
 
     @property
     def held(self) -> bool:
@@ -83,7 +85,15 @@ class DataDirLock:
         except BaseException:
             os.close(fd)
             raise
-        # Ours now: record who holds it, for the message a later server prints.
+        # Ours now. A PID still recorded is a server that died holding it (``release`` clears
+        # it); then record ours, for the message a later server prints.
+        self.took_over_from = _recorded_pid(fd)
+        if self.took_over_from is not None:
+            log.warning(
+                "taking over %s from a signalsmith serve (PID %d) that did not stop cleanly",
+                self.data_dir,
+                self.took_over_from,
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd

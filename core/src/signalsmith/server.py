@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from signalsmith.admin import (
     write_server_file,
 )
 from signalsmith.config import DEFAULT_DATA_DIR, Settings
-from signalsmith.datadir import DataDirInUse, DataDirLock
+from signalsmith.datadir import LEFTOVER_WAIT_SECONDS, DataDirInUse, DataDirLock
 from signalsmith.embedded import RedisServerProcess
 from signalsmith.plugins import call_impl, impls_in_call_order, resolve
 from signalsmith.processes import describe_pid, die_with_parent, listeners_on_port
@@ -117,23 +118,29 @@ def _on_reload_signal(signum: int, frame: object) -> None:
     )
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Raise ``CannotServe`` unless a server could listen on ``host:port`` now.
+def check_port_free(host: str, port: int, *, wait: float = 0.0) -> None:
+    """Raise ``CannotServe`` unless a server could listen on ``host:port``, now or within
+    ``wait`` seconds (the worker of a server that died may still be exiting).
 
     Binds without SO_REUSEPORT: Granian listens with it, so a second server binding with it
     would share the port with the first (each would get part of the traffic) instead of
     failing.
     """
+    deadline = time.monotonic() + wait
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # A port whose old connections are in TIME_WAIT is free to listen on.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except socket.gaierror as error:
-            raise CannotServe(f"cannot listen on {host}: {error.strerror} (--host)") from None
-        except OSError as error:
-            raise CannotServe(_bind_error(host, port, error)) from None
+    while True:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # A port whose old connections are in TIME_WAIT is free to listen on.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+                return
+            except socket.gaierror as error:
+                raise CannotServe(f"cannot listen on {host}: {error.strerror} (--host)") from None
+            except OSError as error:
+                if error.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                    raise CannotServe(_bind_error(host, port, error)) from None
+        time.sleep(0.1)
 
 
 def _bind_error(host: str, port: int, error: OSError) -> str:
@@ -193,7 +200,9 @@ def _serve_embedded(settings: Settings) -> None:
             # First, so that the port a dead server's worker still holds is free once it exits.
             _make_data_dir(data_path)
             lock.acquire()
-        check_port_free(settings.host, settings.port)
+        check_port_free(
+            settings.host, settings.port, wait=LEFTOVER_WAIT_SECONDS if lock.took_over_from else 0
+        )
         _make_data_dir(data_path)
         if not lock.held:
             lock.acquire()
