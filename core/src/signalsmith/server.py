@@ -218,7 +218,13 @@ def _serve_embedded(settings: Settings) -> None:
         lock.release()
         raise
     try:
-        supervisor = RedisSupervisor(redis_server).start()
+        try:
+            supervisor = RedisSupervisor(redis_server).start()
+        except RuntimeError as error:
+            log.error("%s", error)
+            raise CannotServe(
+                f"the embedded Redis did not start; see {redis_server.data_dir / 'redis.log'}"
+            ) from None
         try:
             _run_embedded(settings, redis_server)
         finally:
