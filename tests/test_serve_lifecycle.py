@@ -27,7 +27,7 @@ from signalsmith.embedded import RedisServerProcess, free_port
 from signalsmith.testing import track
 
 if TYPE_CHECKING:
-    from conftest import EmbeddedServer
+    from conftest import Collector, EmbeddedServer
 
 WAIT = 60.0  # seconds allowed for each phase to show what it should; never a speed assertion
 
@@ -359,3 +359,30 @@ def test_sighup_is_ignored_with_a_log_line(
     accepted = send(served.url, key, 5, event="After SIGHUP")
     wait_delivered(workdir, accepted)
     assert "Traceback" not in served.output()
+
+
+def test_sighup_is_ignored_by_a_scale_out_collector_too(
+    start_collector: Callable[..., Collector], redis_url: str, key_prefix: str, write_key: str
+) -> None:
+    collector = start_collector(
+        redis_url=redis_url, key_prefix=key_prefix, write_keys={write_key: "src-hup"}
+    )
+    assert collector.process is not None
+    workers = children_of(collector.process.pid)
+    assert workers
+
+    os.kill(collector.process.pid, signal.SIGHUP)
+
+    wait_until(lambda: "SIGHUP ignored" in collector.log_tail(), "a log line about SIGHUP")
+    time.sleep(5)  # past the moment Granian would have replaced its worker
+    assert collector.process.poll() is None, collector.log_tail()
+    assert children_of(collector.process.pid) == workers
+    send(collector.url, write_key, 5, event="After SIGHUP")
+
+
+def children_of(pid: int) -> set[int]:
+    return {
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    }
