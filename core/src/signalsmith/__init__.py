@@ -19,11 +19,14 @@ from signalsmith.model import (
     to_segment_dict,
 )
 from signalsmith.records import (
+    BannerValue,
+    CliCommand,
     Credentials,
     Drop,
     Outcome,
     PermanentSinkError,
     Refusal,
+    Secret,
     Sink,
     SinkError,
     Source,
@@ -37,6 +40,8 @@ hookimpl = pluggy.HookimplMarker("signalsmith")
 
 __all__ = [
     "Alias",
+    "BannerValue",
+    "CliCommand",
     "Credentials",
     "Drop",
     "Event",
@@ -48,6 +53,7 @@ __all__ = [
     "PermanentSinkError",
     "Refusal",
     "Screen",
+    "Secret",
     "Sink",
     "SinkError",
     "Source",

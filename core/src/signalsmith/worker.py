@@ -494,15 +494,21 @@ class SinkConsumer:
                 if remaining_ms < 1:  # BLOCK 0 would mean "wait forever"
                     break
                 block_ms = min(block_ms, remaining_ms)
-            reply = await self.redis.xreadgroup(
-                self.group,
-                self.consumer,
-                {self.stream: ">"},
-                # Every entry holds at least one event, so this never reads past the limit by
-                # more than the events of multi-event entries.
-                count=min(limit - count, MAX_ENTRIES_PER_READ),
-                block=block_ms,
-            )
+            try:
+                reply = await self.redis.xreadgroup(
+                    self.group,
+                    self.consumer,
+                    {self.stream: ">"},
+                    # Every entry holds at least one event, so this never reads past the limit
+                    # by more than the events of multi-event entries.
+                    count=min(limit - count, MAX_ENTRIES_PER_READ),
+                    block=block_ms,
+                )
+            except BaseException:
+                # The entries read so far are held: queue them for the next batch, or they
+                # would be skipped as held when the pending list is reloaded.
+                self._backlog.extendleft(reversed(batch))
+                raise
             entries = _stream_entries(reply)
             if not entries:
                 if not batch:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from signalsmith import hookimpl
-from signalsmith.records import Credentials, Refusal, Source
+from signalsmith.records import Credentials, Refusal, Secret, Source
 from signalsmith_auth_writekey.invalidation import InvalidationListener
 from signalsmith_auth_writekey.keys import (
     STATE_KEY,
@@ -76,10 +76,19 @@ async def admit_events(source: Source, count: int) -> Refusal | None:
 
 
 @hookimpl
-async def embedded_defaults(runtime: Runtime) -> dict[str, str]:
+async def embedded_defaults(runtime: Runtime) -> dict[str, Secret]:
     """A development write key for ``signalsmith serve``, kept in the data directory."""
-    key = await ensure_dev_key(runtime, runtime.settings.data_path / DEV_KEY_FILE)
-    return {"write_key": key}
+    path = runtime.settings.data_path / DEV_KEY_FILE
+    try:
+        kept = path.read_text().strip()
+    except FileNotFoundError:
+        kept = ""
+    key = await ensure_dev_key(runtime, path)
+    return {
+        "write_key": Secret(
+            value=key, new=key != kept, path=str(path.absolute()), command=("keys", "list")
+        )
+    }
 
 
 @hookimpl

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from signalsmith import hookimpl
 from signalsmith.model import Event
-from signalsmith.records import Sink, SinkError
+from signalsmith.records import BannerValue, CliCommand, Sink, SinkError
 from signalsmith_warehouse_clickhouse.config import WarehouseConfig
 
 # clickhouse-connect itself is imported only when a warehouse is opened.
@@ -73,12 +73,12 @@ async def startup(runtime: Runtime) -> None:
 
 
 @hookimpl
-def embedded_defaults(runtime: Runtime) -> dict[str, str]:
+def embedded_defaults(runtime: Runtime) -> dict[str, BannerValue]:
     """Where `signalsmith serve` stores events, and the command that reads them back."""
     target = WarehouseConfig.from_env().target(runtime.settings.data_path)
     return {
         "warehouse": target.display,
-        "read_it_back": 'signalsmith sql "SELECT event_text, count() FROM tracks GROUP BY 1"',
+        "read_it_back": CliCommand(("sql", "SELECT event_text, count() FROM tracks GROUP BY 1")),
     }
 
 
