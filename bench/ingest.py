@@ -635,9 +635,9 @@ def _run_line(run: Run) -> str:
 
 def installed_plugins(collector_env: dict[str, str]) -> list[str]:
     """The plugins a collector started with ``collector_env`` loads (without starting one)."""
+    from signalsmith.boot import plugin_manager_for
     from signalsmith.config import Settings
     from signalsmith.plugins import plugin_infos
-    from signalsmith.runtime import plugin_manager_for
 
     environ = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALSMITH_")}
     settings = Settings.from_env({**environ, **collector_env})

@@ -155,17 +155,74 @@ def clean_env() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if not key.startswith("SIGNALSMITH_")}
 
 
-class EmbeddedServer:
-    """A `signalsmith serve` process on the embedded defaults, and the banner it printed."""
+# How tests run `signalsmith`: this interpreter with -m, whatever the PATH holds.
+SIGNALSMITH = (sys.executable, "-m", "signalsmith")
 
-    def __init__(self, process: subprocess.Popen[str], banner: str, port: int) -> None:
+
+def serve_command(port: int, *args: str, launcher: tuple[str, ...] = SIGNALSMITH) -> list[str]:
+    return [*launcher, "serve", "--port", str(port), *args]
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """Every process: pid -> (parent pid, command line)."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        # The command name in stat is in parentheses and may hold spaces: split after it.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] == "Z":  # a zombie has exited; only its parent has not reaped it yet
+            continue
+        table[int(entry.name)] = (int(fields[1]), cmdline)
+    return table
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """The live processes below ``pid``: pid -> command line."""
+    table = process_table()
+    found: dict[int, str] = {}
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, cmdline) in table.items():
+            if ppid == parent and child not in found:
+                found[child] = cmdline
+                frontier.append(child)
+    return found
+
+
+def still_running(processes: dict[int, str]) -> dict[int, str]:
+    """Those of ``processes`` that are alive with the same command line (not a reused pid)."""
+    table = process_table()
+    return {pid: cmd for pid, cmd in processes.items() if table.get(pid, (0, ""))[1] == cmd}
+
+
+class EmbeddedServer:
+    """A `signalsmith serve` process on the embedded defaults, and the banner it printed.
+
+    It runs in a session of its own, so ``signal_group`` reaches it the way Ctrl-C in a terminal
+    reaches a foreground command: every process in its group.
+    """
+
+    def __init__(
+        self, process: subprocess.Popen[bytes], banner: str, port: int, log_path: Path
+    ) -> None:
         self.process = process
         self.banner = banner
         self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        # Everything it started, to make sure none outlives the test.
+        self.started = descendants(process.pid)
 
     def field(self, label: str) -> str:
-        """The value the banner prints after ``label:``."""
-        match = re.search(rf"^\s*{re.escape(label)}:\s*(\S+)\s*$", self.banner, re.MULTILINE)
+        """The value the banner prints after ``label:`` (its first word)."""
+        match = re.search(rf"^\s*{re.escape(label)}:\s*(\S+)", self.banner, re.MULTILINE)
         assert match, f"{label!r} not in the start banner:\n{self.banner}"
         return match.group(1)
 
@@ -176,45 +233,84 @@ class EmbeddedServer:
         index = next(i for i, line in enumerate(lines) if "Send a track event" in line)
         return lines[index + 1].strip()
 
+    def output(self) -> str:
+        """Everything the server printed so far (stdout and stderr)."""
+        return self.log_path.read_text(errors="replace")
+
+    def children(self) -> dict[int, str]:
+        found = descendants(self.process.pid)
+        self.started.update(found)
+        return found
+
+    def leftovers(self) -> dict[int, str]:
+        """The processes it started that are still alive."""
+        return still_running(self.started)
+
+    def redis_pid(self) -> int:
+        [pid] = [pid for pid, cmd in self.children().items() if "redis-server" in cmd]
+        return pid
+
+    def signal_group(self, signum: int) -> None:
+        os.killpg(self.process.pid, signum)
+
+    def wait(self, timeout: float = 60) -> int:
+        return self.process.wait(timeout=timeout)
+
     def stop(self) -> None:
-        """SIGTERM to the whole process group (Granian and its worker), SIGKILL if it lingers."""
+        """SIGTERM to the whole process group, SIGKILL if it lingers; then nothing it started
+        may remain."""
+        self.children()
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            self.signal_group(signal.SIGTERM)
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                self.signal_group(signal.SIGKILL)
                 self.process.wait()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        deadline = time.monotonic() + 10
+        while still_running(self.started) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in still_running(self.started):  # a leak the test should have caught
+            os.kill(pid, signal.SIGKILL)
 
 
 def start_embedded_server(
-    workdir: Path, port: int, extra_env: dict[str, str] | None = None
+    workdir: Path,
+    port: int,
+    extra_env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    launcher: tuple[str, ...] = SIGNALSMITH,
 ) -> EmbeddedServer:
-    """Run `signalsmith serve` in ``workdir`` with no SIGNALSMITH_* setting (plus ``extra_env``);
-    return once it printed its banner and answers /healthz."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "signalsmith", "serve", "--port", str(port)],
-        cwd=workdir,
-        env={**clean_env(), **(extra_env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    assert process.stdout is not None
-    banner: list[str] = []
+    """Run `signalsmith serve` in ``workdir`` with no SIGNALSMITH_* setting (plus ``extra_env``)
+    and options ``args``; return once it printed its banner and answers /healthz."""
+    log_path = workdir / f"serve-{port}-{uuid.uuid4().hex[:6]}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            serve_command(port, *args, launcher=launcher),
+            cwd=workdir,
+            env={**clean_env(), "PYTHONUNBUFFERED": "1", **(extra_env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + STARTUP_TIMEOUT
+    banner = ""
     while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
+        text = log_path.read_text(errors="replace")
+        lines = text.splitlines(keepends=True)
+        curl = next((i for i, line in enumerate(lines) if line.strip().startswith("curl ")), None)
+        if curl is not None:
+            banner = "".join(lines[: curl + 1])
             break
-        banner.append(line)
-        if line.strip().startswith("curl "):
+        if process.poll() is not None:
             break
-    text = "".join(banner)
-    assert "curl " in text, f"serve did not print its banner:\n{text}"
+        time.sleep(0.05)
+    if not banner:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        raise AssertionError(f"serve did not print its banner:\n{log_path.read_text()}")
     # The collector answers once Granian has started its worker.
     while time.monotonic() < deadline:
         try:
@@ -223,7 +319,7 @@ def start_embedded_server(
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    return EmbeddedServer(process, text, port)
+    return EmbeddedServer(process, banner, port, log_path)
 
 
 @pytest.fixture
@@ -239,8 +335,14 @@ def embedded_server() -> Iterator[Callable[..., EmbeddedServer]]:
     """Start embedded servers (``start_embedded_server``); any still running are stopped after."""
     started: list[EmbeddedServer] = []
 
-    def start(workdir: Path, port: int, extra_env: dict[str, str] | None = None) -> EmbeddedServer:
-        server = start_embedded_server(workdir, port, extra_env)
+    def start(
+        workdir: Path,
+        port: int,
+        extra_env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        launcher: tuple[str, ...] = SIGNALSMITH,
+    ) -> EmbeddedServer:
+        server = start_embedded_server(workdir, port, extra_env, args, launcher)
         started.append(server)
         return server
 

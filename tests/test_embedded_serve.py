@@ -2,7 +2,7 @@
 
 Runs the real command in a fresh directory with no SIGNALSMITH_REDIS_URL, runs the `curl` it
 prints, and checks the event is in the embedded Redis; then restarts it and checks the key and
-the event survived.
+the event survived, and that the restart printed where the secrets are kept, not the secrets.
 """
 
 from __future__ import annotations
@@ -88,19 +88,36 @@ def test_serve_on_embedded_defaults_prints_a_working_curl(
     # delivered event is remembered as delivered and is not delivered again.
     served = embedded_server(workdir, port, _file_sink_env(workdir))
     try:
-        assert served.field("Development write key") == write_key
-        assert served.field("Admin token") == admin_token
+        # The secrets were printed once, when created; now the banner says where they are.
+        data_dir = workdir / ".signalsmith"
+        output = served.output()
+        assert write_key not in output and admin_token not in output, output
+        assert f"kept in {data_dir / 'dev-write-key'}" in served.banner
+        assert f"kept in {data_dir / 'admin-token'}" in served.banner
+        assert (data_dir / "dev-write-key").read_text().strip() == write_key
+        assert (data_dir / "admin-token").read_text().strip() == admin_token
+        # The curl reads the key from its file, and still works.
+        result = subprocess.run(
+            ["bash", "-c", served.curl], capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 0, result.stderr
+        assert '"accepted":1' in result.stdout, result.stdout
+
         client = sync_redis.Redis.from_url(served.field("Redis (embedded)"))
         groups = {group["name"]: group for group in client.xinfo_groups("signalsmith:events")}
         assert set(groups) == {b"clickhouse", b"test-file"}
-        assert groups[b"test-file"]["pending"] == 0
         assert any(
             client.sismember(bucket, event.message_id)
             for bucket in client.scan_iter("signalsmith:seen-ids:*")
         )
         client.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(delivered.read_text().splitlines()) < 2:
+            time.sleep(0.05)
         time.sleep(1)
-        assert len(delivered.read_text().splitlines()) == 1
+        # The first event once, the second once.
+        ids = [json.loads(line)["messageId"] for line in delivered.read_text().splitlines()]
+        assert len(ids) == 2 and ids[0] == event.message_id, ids
     finally:
         served.stop()
 

@@ -10,7 +10,8 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from signalsmith.buffer import EventBuffer, stream_key
+from signalsmith.buffer import EventBuffer
+from signalsmith.stream import stream_key
 from signalsmith.config import Settings
 from signalsmith.embedded import RedisServerProcess
 from signalsmith.model import Track, event_list_decoder

@@ -48,7 +48,8 @@ FACTORIES: dict[str, Callable[..., dict[str, Any]]] = {
     "alias": alias,
 }
 CLASSES = EVENT_CLASSES
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "client-requests"
+# Requests captured from the real Segment clients (tests/fixtures/client-requests/README.md).
+FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "client-requests"
 FIXTURE_KEY = "wk_fixture_0001"
 
 
@@ -213,28 +214,66 @@ async def test_ingest_paths_accept_only_post(client: Client) -> None:
     error(response, 405, "method_not_allowed")
 
 
-async def test_browser_settings(client: Client) -> None:
-    response = await client.get(
-        f"/v1/projects/{KEY}/settings", headers={"Host": "collect.example.com:8443"}
-    )
+async def test_browser_settings(client: Client, settings: Settings) -> None:
+    response = await client.get(f"/v1/projects/{KEY}/settings")
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == "*"
-    settings = response.json()
-    segment = settings["integrations"]["Segment.io"]
+    answer = response.json()
+    segment = answer["integrations"]["Segment.io"]
     assert segment["apiKey"] == KEY
-    assert segment["apiHost"] == "collect.example.com:8443/v1"
-    assert "://" not in segment["apiHost"]
+    # No public URL configured: this server's own address.
+    assert segment["apiHost"] == f"127.0.0.1:{settings.port}/v1"
     assert segment["protocol"] == "http"
     # Only the Segment.io key: more would make analytics-next load legacy destinations.
-    assert list(settings["integrations"]) == ["Segment.io"]
-    assert settings["metrics"]["sampleRate"] == 0
+    assert list(answer["integrations"]) == ["Segment.io"]
+    assert answer["metrics"]["sampleRate"] == 0
 
-    behind_tls = await client.get(
-        f"/v1/projects/{KEY}/settings",
-        headers={"Host": "collect.example.com", "X-Forwarded-Proto": "https"},
-    )
-    segment = behind_tls.json()["integrations"]["Segment.io"]
-    assert (segment["apiHost"], segment["protocol"]) == ("collect.example.com/v1", "https")
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Host": "evil.example.com"},
+        {"X-Forwarded-Proto": "https"},
+        {"X-Forwarded-Host": "evil.example.com", "X-Forwarded-Proto": "https"},
+        {"Forwarded": "host=evil.example.com;proto=https"},
+    ],
+    ids=["host", "forwarded-proto", "forwarded-host", "forwarded"],
+)
+async def test_browser_settings_ignore_what_the_client_says_about_the_host(
+    client: Client, headers: dict[str, str]
+) -> None:
+    # A cache in front of the collector would serve a spoofed answer to every browser.
+    plain = (await client.get(f"/v1/projects/{KEY}/settings")).json()
+    spoofed = await client.get(f"/v1/projects/{KEY}/settings", headers=headers)
+    assert spoofed.status_code == 200
+    assert spoofed.json() == plain
+    assert "evil" not in spoofed.text
+
+
+@pytest.mark.parametrize(
+    ("public_url", "api_host", "protocol"),
+    [
+        ("https://collect.example.com", "collect.example.com/v1", "https"),
+        ("https://collect.example.com/", "collect.example.com/v1", "https"),
+        ("http://collect.example.com:8080", "collect.example.com:8080/v1", "http"),
+        ("https://example.com/events", "example.com/events/v1", "https"),
+    ],
+)
+async def test_browser_settings_point_at_the_public_url(
+    settings: Settings,
+    app_for: Callable[[Settings], Litestar],
+    public_url: str,
+    api_host: str,
+    protocol: str,
+) -> None:
+    configured = msgspec.structs.replace(settings, public_url=public_url)
+    async with AsyncTestClient(app_for(configured)) as client:
+        response = await client.get(
+            f"/v1/projects/{KEY}/settings",
+            headers={"Host": "evil.example.com", "X-Forwarded-Proto": "http"},
+        )
+    segment = response.json()["integrations"]["Segment.io"]
+    assert (segment["apiHost"], segment["protocol"]) == (api_host, protocol)
 
 
 async def test_browser_settings_of_an_unknown_key_is_404(client: Client) -> None:
@@ -924,8 +963,6 @@ def substitute_key(
 
 
 def fixture_requests() -> list[tuple[str, dict[str, Any]]]:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"captured client requests not found at {FIXTURES}")
     found = []
     for file in sorted(FIXTURES.glob("*.jsonl")):
         for number, line in enumerate(file.read_text().splitlines(), 1):

@@ -27,6 +27,9 @@ from signalsmith.model import (
     to_segment_dict,
 )
 from signalsmith.records import (
+    BannerSecret,
+    BannerValue,
+    CliCommand,
     Credentials,
     DeliveryReport,
     DestinationType,
@@ -89,6 +92,9 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AdminClient",
     "Alias",
+    "BannerSecret",
+    "BannerValue",
+    "CliCommand",
     "Condition",
     "Credentials",
     "DeliveryReport",

@@ -2,8 +2,9 @@
 
 Plugins add admin endpoints with the ``register_admin_routes`` hook; every one of them sits
 behind the guard. The token comes from ``SIGNALSMITH_ADMIN_TOKEN``; the embedded ``serve``
-generates one on first start, keeps it in the data directory and prints it. Without a token
-configured the admin API answers 401 to everything: it is never open by accident.
+generates one on first start, keeps it in the data directory and prints it that once. Without a
+token configured the admin API answers 401 to everything: it is never open by accident. The
+token travels one way only, ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
@@ -28,13 +29,20 @@ ADMIN_TOKEN_FILE = "admin-token"
 SERVER_FILE = "server.json"
 
 
+def read_admin_token(data_dir: Path) -> str | None:
+    """The admin token kept in ``data_dir``, if there is one."""
+    try:
+        return (data_dir / ADMIN_TOKEN_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
 def ensure_admin_token(data_dir: Path) -> str:
     """The admin token kept in ``data_dir``, created (mode 0600) on first use."""
+    token = read_admin_token(data_dir)
+    if token:
+        return token
     path = data_dir / ADMIN_TOKEN_FILE
-    if path.exists():
-        token = path.read_text().strip()
-        if token:
-            return token
     token = f"ssadm_{secrets.token_urlsafe(32)}"
     data_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -44,12 +52,12 @@ def ensure_admin_token(data_dir: Path) -> str:
 
 
 def presented_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
-    """The token a request offers: ``Authorization: Bearer <token>`` or ``X-Admin-Token``."""
+    """The token a request offers in ``Authorization: Bearer <token>``."""
     header = connection.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return connection.headers.get("x-admin-token") or None
+    return None
 
 
 def make_admin_guard(settings: Settings):  # type: ignore[no-untyped-def]
@@ -79,6 +87,10 @@ def write_server_file(data_dir: Path, url: str) -> None:
     (data_dir / SERVER_FILE).write_text(json.dumps({"url": url, "pid": os.getpid()}))
 
 
+def remove_server_file(data_dir: Path) -> None:
+    (data_dir / SERVER_FILE).unlink(missing_ok=True)
+
+
 class AdminClient:
     """A small client for the admin API of a running server (used by CLI commands)."""
 
@@ -100,8 +112,12 @@ class AdminClient:
         token = settings.admin_token or ensure_admin_token(settings.data_path)
         client = cls(url, token)
         try:
-            httpx.get(f"{client.base_url}/healthz", timeout=2).raise_for_status()
+            # 503 is a running server with a part down (its Redis restarting): still the one
+            # holding the data directory.
+            answer = httpx.get(f"{client.base_url}/healthz", timeout=2)
         except httpx.HTTPError:
+            answer = None
+        if answer is None or answer.status_code not in (200, 503):
             client.close()
             return None
         return client

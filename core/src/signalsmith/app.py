@@ -11,30 +11,39 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
 import logging
+import re
 import zlib
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 import pluggy
+import redis.asyncio as aioredis
 from litestar import Litestar, Request, Response, Router, get
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.handlers import asgi
 from litestar.types import Receive, Scope, Send
+from redis.exceptions import RedisError, ResponseError
 
 from signalsmith.admin import ADMIN_PATH, make_admin_guard
 from signalsmith.boot import plugin_manager_for, start_runtime, stop_runtime
 from signalsmith.buffer import EventBuffer
 from signalsmith.config import Settings
+from signalsmith.embedded import RedisServerProcess
 from signalsmith.gc_tuning import tune_gc
 from signalsmith.hooks import Hooks
 from signalsmith.pipeline import Answer, ErrorBody, Pipeline
 from signalsmith.plugins import plugin_infos
 from signalsmith.records import Credentials, PluginInfo
 from signalsmith.runtime import Runtime
+from signalsmith.stream import stream_key
+from signalsmith.supervisor import read_status
 from signalsmith.workspace import UnknownSource, WorkspaceStatus
 from signalsmith.workspace_api import workspace_routes
 
@@ -60,6 +69,12 @@ INGEST_ROUTES: dict[str, Route] = {
     "/v1/b": Route(None, True, browser=True),
 }
 METRICS_PATH = "/v1/m"
+
+# On shutdown, how long the requests in flight get to finish, and then how long the embedded
+# worker gets to deliver and acknowledge what is in the stream, before it stops regardless
+# (what it has not acknowledged stays buffered for the next start).
+SHUTDOWN_REQUESTS_SECONDS = 10.0
+SHUTDOWN_DRAIN_SECONDS = 10.0
 
 CORS_ALLOWED_HEADERS = "Authorization, Content-Type, Content-Encoding, X-Retry-Count"
 CORS_EXPOSED_HEADERS = "Retry-After, X-RateLimit-Reset"
@@ -318,10 +333,22 @@ class CollectorApp(Litestar):
 
     ingest_paths: frozenset[str] = frozenset()
     ingest_handler: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None
+    # HTTP requests being answered now: shutdown waits for them before stopping the worker.
+    requests_in_flight: int = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        self.requests_in_flight += 1
+        try:
+            await self._answer(scope, receive, send)
+        finally:
+            self.requests_in_flight -= 1
+
+    async def _answer(self, scope: Any, receive: Any, send: Any) -> None:
         handler = self.ingest_handler
-        if handler is None or scope["type"] != "http" or scope["path"] not in self.ingest_paths:
+        if handler is None or scope["path"] not in self.ingest_paths:
             await super().__call__(scope, receive, send)
             return
         try:
@@ -344,9 +371,10 @@ def create_app(
     settings = settings or Settings.from_env()
     pm = pm or plugin_manager_for(settings)
     state = CollectorState()
+    health = HealthCheck(settings)
 
     @asynccontextmanager
-    async def lifespan(app: Litestar):  # type: ignore[no-untyped-def]
+    async def lifespan(app: CollectorApp):  # type: ignore[no-untyped-def]
         role = "embedded" if settings.embedded_worker else "collector"
         runtime = await start_runtime(settings, role, pm=pm)
         state.runtime = runtime
@@ -366,11 +394,17 @@ def create_app(
             from signalsmith.worker import Worker
 
             worker_task = asyncio.create_task(Worker(runtime).run(worker_stop), name="worker")
+            health.worker_task = worker_task
         tune_gc()
         try:
             yield
         finally:
+            # In order: the server has stopped accepting; the requests in flight get their
+            # answers, the worker delivers and acknowledges what they buffered, and only then
+            # does anything close.
+            await _finish_requests(app)
             if worker_task is not None:
+                await _drain_sinks(app, runtime, worker_task)
                 worker_stop.set()
                 try:
                     await asyncio.wait_for(worker_task, timeout=30)
@@ -385,21 +419,28 @@ def create_app(
     )
 
     @get("/healthz", sync_to_thread=False)
-    def healthz() -> Health:
-        """The process is up."""
-        return Health(status="ok")
+    def healthz() -> Response[Health]:
+        """The process is up, and so are the parts it runs itself (the embedded Redis, the
+        embedded worker); otherwise 503, saying which and why."""
+        problems = health.problems()
+        if problems:
+            return Response(
+                Health(status="unavailable", detail="; ".join(problems)), status_code=503
+            )
+        return Response(Health(status="ok", detail=health.redis_detail()))
 
     @get("/readyz")
     async def readyz() -> Response[Readiness]:
         """Redis answers and the backlog is under its cap: this collector can take events."""
         ready, detail = await state.buffer.ready()
+        problems = health.problems()
         return Response(
             Readiness(
-                status="ok" if ready else "unavailable",
-                detail=detail,
+                status="ok" if ready and not problems else "unavailable",
+                detail="; ".join([detail, *problems]),
                 workspace_version=state.runtime.workspace.status().version,
             ),
-            status_code=200 if ready else 503,
+            status_code=200 if ready and not problems else 503,
         )
 
     @get("/api/v1/plugins", sync_to_thread=False)
@@ -407,9 +448,16 @@ def create_app(
         """Installed plugins, their versions and the hooks they implement."""
         return plugin_infos(pm)
 
+    public_address = PublicAddress(settings)
+
     @get("/v1/projects/{write_key:str}/settings")
     async def browser_settings(request: Request[Any, Any, Any]) -> Response[Any]:
-        """Settings for analytics-next, pointing its apiHost at this collector."""
+        """Settings for analytics-next, pointing its apiHost at this collector.
+
+        Where that is comes from the settings (``SIGNALSMITH_PUBLIC_URL``), or from the
+        forwarded headers of a trusted proxy; never from a client's own headers, which a cache
+        in front would then serve to everyone.
+        """
         write_key: str = request.path_params["write_key"]
         cors = {"Access-Control-Allow-Origin": "*"}
         try:
@@ -426,8 +474,7 @@ def create_app(
                 status_code=404,
                 headers=cors,
             )
-        host = request.headers.get("host", f"{settings.host}:{settings.port}")
-        protocol = request.headers.get("x-forwarded-proto", request.url.scheme)
+        protocol, host = public_address(request)
         return Response(
             BrowserSettings(
                 integrations={
@@ -489,6 +536,166 @@ def create_app(
     app.ingest_paths = frozenset([*paths, *(path + "/" for path in paths)])
     app.ingest_handler = ingest_handler
     return app
+
+
+async def _finish_requests(app: CollectorApp) -> None:
+    """Wait (a bounded time) for the requests being answered to get their answers."""
+    deadline = asyncio.get_running_loop().time() + SHUTDOWN_REQUESTS_SECONDS
+    # Polled: the count is a bare integer so that keeping it costs requests nothing.
+    while app.requests_in_flight and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    if app.requests_in_flight:
+        log.warning("shutting down with %d requests still unanswered", app.requests_in_flight)
+
+
+async def _drain_sinks(
+    app: CollectorApp, runtime: Runtime, worker_task: asyncio.Task[None]
+) -> None:
+    """Let the embedded worker deliver and acknowledge every entry in the stream, so that an
+    event answered 200 before a stop is delivered by this run, not the next (bounded wait)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SHUTDOWN_DRAIN_SECONDS
+    sinks = {sink.name for sink in runtime.sinks}
+    behind: dict[str, str] = {}
+    while not worker_task.done():
+        try:
+            behind = await _undelivered(
+                runtime.redis, stream_key(runtime.settings.key_prefix), sinks
+            )
+        except (RedisError, OSError) as error:
+            log.warning("stopping the worker without draining: Redis: %s", error)
+            return
+        # A request still being answered may yet buffer events.
+        if not behind and not app.requests_in_flight:
+            return
+        if loop.time() >= deadline:
+            log.warning(
+                "stopping the worker with entries not yet delivered (%s); they stay buffered "
+                "for the next start",
+                ", ".join(f"{name}: {what}" for name, what in sorted(behind.items())),
+            )
+            return
+        await asyncio.sleep(0.05)
+
+
+async def _undelivered(redis: aioredis.Redis, stream: str, sinks: set[str]) -> dict[str, str]:
+    """The sinks that have not acknowledged every entry of the stream, each with how far."""
+    try:
+        last = _stream_id((await redis.xinfo_stream(stream))["last-generated-id"])
+    except ResponseError:  # no stream yet: nothing was ever accepted
+        return {}
+    behind = {}
+    for group in await redis.xinfo_groups(stream):
+        name = _text(group["name"])
+        if name not in sinks:
+            continue
+        unread = _stream_id(group["last-delivered-id"]) < last
+        if group["pending"] or unread:
+            behind[name] = f"{group['pending']} pending" + (", more unread" if unread else "")
+    return behind
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _stream_id(value: Any) -> tuple[int, int]:
+    milliseconds, _, sequence = _text(value).partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+class HealthCheck:
+    """What ``/healthz`` and ``/readyz`` know beyond Redis answering: the embedded worker task
+    and, under the embedded serve, the embedded Redis as its supervisor (in the serve process)
+    last described it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.worker_task: asyncio.Task[None] | None = None
+        embedded = (
+            RedisServerProcess(settings.data_path / "redis", unix_socket=True)
+            if settings.redis_url is not None
+            else None
+        )
+        # Only when this process uses the embedded Redis of its data directory.
+        self.redis_dir: Path | None = (
+            embedded.data_dir
+            if embedded is not None and embedded.url == settings.redis_url
+            else None
+        )
+
+    def problems(self) -> list[str]:
+        found = []
+        task = self.worker_task
+        if task is not None and task.done():
+            error = None if task.cancelled() else task.exception()
+            found.append(
+                f"worker: stopped ({type(error).__name__}; see the server log)"
+                if error is not None
+                else "worker: stopped"
+            )
+        if self.redis_dir is not None:
+            status = read_status(self.redis_dir)
+            if status is not None and status.state != "running":
+                found.append(f"redis: {status.detail}")
+        return found
+
+    def redis_detail(self) -> str:
+        status = read_status(self.redis_dir) if self.redis_dir is not None else None
+        return f"redis: {status.detail}" if status is not None else ""
+
+
+# A host name or address with an optional port: what a forwarded Host may hold.
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
+
+
+class PublicAddress:
+    """Where browsers reach this collector: ``(protocol, host[:port][/path])``.
+
+    ``SIGNALSMITH_PUBLIC_URL`` when set; else, for a request from one of
+    ``SIGNALSMITH_TRUSTED_PROXIES``, its X-Forwarded-Host and X-Forwarded-Proto; else this
+    server's own host and port. A client's own Host header never counts.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.public_url:
+            parts = urlsplit(settings.public_url)
+            self.configured: tuple[str, str] | None = (
+                parts.scheme,
+                parts.netloc + parts.path.rstrip("/"),
+            )
+        else:
+            self.configured = None
+        self.own = ("http", settings.local_url.removeprefix("http://"))
+        self.proxies = [
+            ipaddress.ip_network(proxy, strict=False) for proxy in settings.trusted_proxies
+        ]
+
+    def __call__(self, request: Request[Any, Any, Any]) -> tuple[str, str]:
+        if self.configured is not None:
+            return self.configured
+        if self.proxies and request.client is not None and self._trusted(request.client.host):
+            protocol, host = self.own
+            forwarded_proto = _last(request.headers.get("x-forwarded-proto")).lower()
+            if forwarded_proto in ("http", "https"):
+                protocol = forwarded_proto
+            forwarded_host = _last(request.headers.get("x-forwarded-host"))
+            if _HOST.match(forwarded_host):
+                host = forwarded_host
+            return protocol, host
+        return self.own
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.proxies)
+
+
+def _last(header: str | None) -> str:
+    """The last value of a comma-separated forwarded header: the one the nearest proxy (the
+    trusted one) set; a proxy that appends keeps whatever the client sent before it."""
+    return (header or "").split(",")[-1].strip()
 
 
 class AdminStatus(msgspec.Struct, frozen=True, kw_only=True):

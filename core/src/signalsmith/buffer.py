@@ -196,15 +196,18 @@ class EventBuffer:
             except NoScriptError:
                 await self._pipeliner.script_load(self.script_source)
                 return await self._pipeliner.execute_command(*command)
+        # The client is told what failed, never Redis's own words (they can name a socket
+        # path or a file); those go to the server log.
         except ResponseError as error:
+            log.warning("redis refused an append: %s", error)
             raise BufferUnavailable(
-                f"the event buffer (Redis) refused the append: {error}",
+                "the event buffer (Redis) refused the append; see the server log",
                 retry_after=self._retry_after,
             ) from error
         except (RedisError, OSError) as error:
             log.warning("redis append failed: %s", error)
             raise BufferUnavailable(
-                f"the event buffer (Redis) is unreachable: {error}", retry_after=self._retry_after
+                "the event buffer (Redis) is unreachable", retry_after=self._retry_after
             ) from error
 
     async def backlog(self) -> int:
@@ -216,7 +219,8 @@ class EventBuffer:
         try:
             backlog = await self.backlog()
         except (RedisError, OSError) as error:
-            return False, f"redis unreachable: {error}"
+            log.info("readiness: redis unreachable: %s", error)
+            return False, f"redis unreachable ({type(error).__name__})"
         if self._backlog_max and backlog >= self._backlog_max:
             return False, f"backlog {backlog} is at its cap {self._backlog_max}"
         return True, f"backlog {backlog} of {self._backlog_max}"

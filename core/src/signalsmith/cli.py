@@ -108,9 +108,22 @@ def plugins(ctx: click.Context, as_json: bool) -> None:
 @click.option("--host", default=None, help="Address to listen on (SIGNALSMITH_HOST).")
 @click.option("--port", type=int, default=None, help="Port to listen on (SIGNALSMITH_PORT).")
 @click.option("--workers", type=int, default=None, help="HTTP worker processes.")
+@click.option(
+    "--data-dir",
+    default=None,
+    help="Where the embedded Redis, keys and warehouse live (SIGNALSMITH_DATA_DIR; "
+    "default .signalsmith in the working directory).",
+)
 @click.pass_context
-def serve(ctx: click.Context, host: str | None, port: int | None, workers: int | None) -> None:
+def serve(
+    ctx: click.Context,
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    data_dir: str | None,
+) -> None:
     """Run the collector (and, on the embedded defaults, Redis and the worker with it)."""
+    from signalsmith.server import CannotServe
     from signalsmith.server import serve as run_server
 
     settings = settings_of(ctx)
@@ -121,7 +134,13 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
         changes["port"] = port
     if workers is not None:
         changes["http_workers"] = workers
-    run_server(msgspec.structs.replace(settings, **changes))
+    if data_dir is not None:
+        changes["data_dir"] = data_dir
+    try:
+        run_server(msgspec.structs.replace(settings, **changes))
+    except CannotServe as error:
+        click.echo(f"signalsmith serve: {error}", err=True)
+        ctx.exit(1)
 
 
 @click.command()
@@ -140,6 +159,18 @@ def worker(ctx: click.Context, sink_names: tuple[str, ...]) -> None:
     run_worker(settings, only=sink_names or None)
 
 
+def print_versions(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    """``--version``: the core's version and every plugin's, then exit."""
+    if not value or ctx.resilient_parsing:
+        return
+    from signalsmith import __version__
+
+    click.echo(f"signalsmith {__version__}")
+    for info in plugin_infos(plugin_manager_for(settings_of(ctx))):
+        click.echo(f"  {info.name} {info.version or '(no version)'}")
+    ctx.exit()
+
+
 def build_cli(settings: Settings | None = None) -> click.Group:
     """A fresh ``signalsmith`` group: the core commands plus every plugin's (``register_commands``).
 
@@ -148,6 +179,14 @@ def build_cli(settings: Settings | None = None) -> click.Group:
     settings = settings or Settings.from_env()
 
     @click.group(context_settings={"obj": {"settings": settings}})
+    @click.option(
+        "--version",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=print_versions,
+        help="Show the version of SignalSmith and of each plugin, and exit.",
+    )
     def cli() -> None:
         """SignalSmith: a self-hosted, Segment-compatible customer-event pipeline."""
 

@@ -6,14 +6,25 @@ Every knob is a ``SIGNALSMITH_*`` variable; `docs/configuration.md` lists them. 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import msgspec
 
 DEFAULT_DATA_DIR = ".signalsmith"
+# Settings read from comma-separated lists, under names of their own (see ``from_env``).
+_LIST_SETTINGS = {
+    "plugins_allow": "LOAD_PLUGINS",
+    "plugins_block": "BLOCK_PLUGINS",
+    "plugin_modules": "PLUGIN_MODULES",
+    "trusted_proxies": "TRUSTED_PROXIES",
+}
+# Settings written as JSON in their variable.
+_JSON_SETTINGS = ("transforms",)
 
 
 class TransformDeclaration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -44,6 +55,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_after_seconds: int = 5
     # The admin API (`/api/v1/admin`) answers only requests bearing this token.
     admin_token: str | None = None
+    # Where browsers reach this collector, e.g. `https://collect.example.com`: what the settings
+    # endpoint tells analytics-next. Unset: this server's own host and port, over http.
+    public_url: str | None = None
+    # Addresses or networks (CIDR) of the proxies whose X-Forwarded-Host and X-Forwarded-Proto
+    # are believed when no public URL is set. Anyone else's forwarded headers are ignored.
+    trusted_proxies: tuple[str, ...] = ()
     # Plugin selection: None allows every installed plugin.
     plugins_allow: tuple[str, ...] | None = None
     plugins_block: tuple[str, ...] = ()
@@ -63,9 +80,34 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_retry_base_seconds: float = 0.5
     worker_retry_max_seconds: float = 30.0
 
+    def __post_init__(self) -> None:
+        if self.public_url is not None:
+            parts = urlsplit(self.public_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(
+                    f"SIGNALSMITH_PUBLIC_URL must be an http(s) URL such as "
+                    f"https://collect.example.com, not {self.public_url!r}"
+                )
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"SIGNALSMITH_TRUSTED_PROXIES lists {proxy!r}, which is not an IP address "
+                    "or network (10.0.0.5, 10.0.0.0/8, fd00::/8)"
+                ) from None
+
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def local_url(self) -> str:
+        """Where a client on this machine reaches the collector (never 0.0.0.0)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -83,7 +125,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
         fields: dict[str, object] = {}
         for field in msgspec.structs.fields(cls):
-            if field.name in ("plugins_allow", "plugins_block", "plugin_modules", "transforms"):
+            if field.name in _LIST_SETTINGS or field.name in _JSON_SETTINGS:
                 continue
             raw = get(field.name.upper())
             if raw is not None:
@@ -92,12 +134,38 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         fields["plugins_allow"] = names("LOAD_PLUGINS")
         fields["plugins_block"] = names("BLOCK_PLUGINS") or ()
         fields["plugin_modules"] = names("PLUGIN_MODULES") or ()
-        transforms = get("TRANSFORMS")
-        if transforms is not None:
+        fields["trusted_proxies"] = names("TRUSTED_PROXIES") or ()
+        for field_name in _JSON_SETTINGS:
+            raw = get(field_name.upper())
+            if raw is None:
+                continue
             try:
-                fields["transforms"] = msgspec.json.decode(transforms)
+                fields[field_name] = msgspec.json.decode(raw)
             except msgspec.DecodeError as error:
                 raise msgspec.ValidationError(
-                    f"SIGNALSMITH_TRANSFORMS is not JSON: {error}"
+                    f"SIGNALSMITH_{field_name.upper()} is not JSON: {error}"
                 ) from None
         return msgspec.convert(fields, cls, strict=False)
+
+    def to_env(self) -> dict[str, str]:
+        """The ``SIGNALSMITH_*`` variables that ``from_env`` reads back as these settings.
+
+        Only settings that differ from their defaults; how `signalsmith serve` hands the
+        settings its options changed to Granian's worker processes.
+        """
+        env: dict[str, str] = {}
+        defaults = Settings()
+        for field in msgspec.structs.fields(self):
+            value = getattr(self, field.name)
+            if value == getattr(defaults, field.name):
+                continue
+            name = f"SIGNALSMITH_{_LIST_SETTINGS.get(field.name, field.name.upper())}"
+            if isinstance(value, tuple):
+                env[name] = ",".join(value)
+            elif field.name in _JSON_SETTINGS:
+                env[name] = msgspec.json.encode(value).decode()
+            elif isinstance(value, bool):
+                env[name] = "1" if value else "0"
+            else:
+                env[name] = str(value)
+        return env

@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from signalsmith.processes import parent_death_preexec
 
 
 def redis_server_binary() -> str:
@@ -52,7 +55,10 @@ class RedisServerProcess:
     """One redis-server child process on a unix socket or a loopback TCP port.
 
     ``stop()`` and ``start()`` again reuse the same port, socket and data, which is how tests
-    take Redis away from a running collector and give it back.
+    take Redis away from a running collector and give it back (and how ``signalsmith.supervisor``
+    restarts the embedded one). The child runs in a session of its own, so Ctrl-C in a terminal
+    does not reach it before its parent is done with it, and gets SIGTERM when its parent dies,
+    so it never outlives it (Linux).
     """
 
     def __init__(
@@ -105,7 +111,12 @@ class RedisServerProcess:
                 self.socket_path.unlink()
             args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=parent_death_preexec(signal.SIGTERM),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -118,19 +129,39 @@ class RedisServerProcess:
         self.stop()
         raise RuntimeError(f"redis-server did not answer within {timeout}s: {self._log_tail()}")
 
+    def _connect(self) -> socket.socket:
+        if self.unix_socket:
+            conn = socket.socket(socket.AF_UNIX)
+            conn.settimeout(0.2)
+            conn.connect(str(self.socket_path))
+            return conn
+        return socket.create_connection(("127.0.0.1", self.port), timeout=0.2)
+
     def _answers(self) -> bool:
         try:
-            if self.unix_socket:
-                conn = socket.socket(socket.AF_UNIX)
-                conn.settimeout(0.2)
-                conn.connect(str(self.socket_path))
-            else:
-                conn = socket.create_connection(("127.0.0.1", self.port), timeout=0.2)
-            with conn:
+            with self._connect() as conn:
                 conn.sendall(b"PING\r\n")
                 return conn.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+    def answering_pid(self) -> int | None:
+        """The PID of whatever Redis answers at this socket or port (ours or not), or None."""
+        try:
+            with self._connect() as conn:
+                conn.sendall(b"INFO server\r\n")
+                reply = b""
+                while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    reply += chunk
+        except OSError:
+            return None
+        for line in reply.splitlines():
+            if line.startswith(b"process_id:"):
+                return int(line.partition(b":")[2])
+        return None
 
     def _log_tail(self) -> str:
         log = self.data_dir / "redis.log"

@@ -18,6 +18,7 @@ import pluggy
 
 from signalsmith.model import Event
 from signalsmith.records import (
+    BannerValue,
     Credentials,
     DeliveryReport,
     DestinationType,
@@ -251,11 +252,14 @@ def observe_outcomes(outcomes: list[Outcome], runtime: Runtime) -> Awaitable[Non
 
 
 @hookspec
-def embedded_defaults(runtime: Runtime) -> dict[str, str] | Awaitable[dict[str, str]] | None:
+def embedded_defaults(
+    runtime: Runtime,
+) -> dict[str, BannerValue] | Awaitable[dict[str, BannerValue]] | None:
     """Called once by ``signalsmith serve`` on the embedded defaults, before the collector starts.
 
-    Prepare what a developer needs to send a first event (a development write key, an admin
-    token), persisting it under ``runtime.settings.data_dir``, and return it as
-    ``{name: value}`` for the start banner. The name ``"write_key"`` is used in the printed
-    ``curl`` example. Return None when there is nothing to add.
+    Prepare what a developer needs to send a first event (a development write key), persisting
+    it under ``runtime.settings.data_dir``, and return ``{name: value}`` for the start banner: a
+    ``Secret`` (printed only by the start that created it, later where it is kept), a
+    ``CliCommand`` (printed runnable), or a plain string. The name ``"write_key"`` is used in
+    the printed ``curl`` example. Return None when there is nothing to add.
     """

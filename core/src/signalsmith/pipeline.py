@@ -155,10 +155,12 @@ class Pipeline:
         try:
             source = await self.authenticate(credentials)
         except (RedisError, OSError) as error:
+            # Redis's words stay in the log: they can name a socket path.
+            log.warning("write keys cannot be checked: %s", error)
             return _error(
                 503,
                 "auth_unavailable",
-                f"write keys cannot be checked now (Redis unreachable: {error})",
+                "write keys cannot be checked now (Redis unreachable)",
                 {"Retry-After": str(settings.retry_after_seconds)},
             )
         except PluginFailed as failure:
@@ -186,10 +188,11 @@ class Pipeline:
                 errors_pass=(RedisError, OSError),
             )
         except (RedisError, OSError) as error:
+            log.warning("rate limits cannot be checked: %s", error)
             return _error(
                 503,
                 "admit_unavailable",
-                f"rate limits cannot be checked now (Redis unreachable: {error})",
+                "rate limits cannot be checked now (Redis unreachable)",
                 {"Retry-After": str(settings.retry_after_seconds)},
             )
         except PluginFailed as failure:

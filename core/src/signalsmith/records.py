@@ -218,6 +218,34 @@ class PluginInfo(msgspec.Struct, frozen=True, kw_only=True):
     hooks: list[str]
 
 
+class BannerSecret(msgspec.Struct, frozen=True, kw_only=True):
+    """A secret ``embedded_defaults`` prepared (a development write key, an admin token).
+
+    The start banner prints ``value`` only on the start that created it (``new``); every later
+    start prints where it is kept (``path``, a file holding just the value) instead, so secrets
+    do not pile up in logs. ``command`` is a `signalsmith` command about it, as its arguments
+    (``("keys", "list")``), printed beside the path.
+    """
+
+    value: str
+    new: bool
+    path: str
+    command: tuple[str, ...] = ()
+
+
+class CliCommand(msgspec.Struct, frozen=True):
+    """A `signalsmith` command for the start banner, as its arguments (``("sql", "SELECT 1")``).
+
+    The banner prints it so that it runs as shown, whether or not the virtualenv is active.
+    """
+
+    args: tuple[str, ...]
+
+
+# What ``embedded_defaults`` returns for each name it adds to the start banner.
+BannerValue = str | BannerSecret | CliCommand
+
+
 class SinkError(Exception):
     """Raised by a sink when a batch could not be delivered and should be retried."""
 

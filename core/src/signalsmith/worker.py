@@ -381,11 +381,17 @@ class SinkConsumer:
                 if remaining_ms < 1:  # BLOCK 0 would mean "wait forever"
                     break
                 block_ms = min(block_ms, remaining_ms)
-            # Every entry holds at least one event, so this never reads past the limit by more
-            # than the events of multi-event entries.
-            entries = await self.group.read_new(
-                min(limit - count, MAX_ENTRIES_PER_READ), block_ms=block_ms
-            )
+            try:
+                # Every entry holds at least one event, so this never reads past the limit by
+                # more than the events of multi-event entries.
+                entries = await self.group.read_new(
+                    min(limit - count, MAX_ENTRIES_PER_READ), block_ms=block_ms
+                )
+            except BaseException:
+                # The entries read so far are held: queue them for the next batch, or they
+                # would be skipped as held when the pending list is reloaded.
+                self._backlog.extendleft(reversed(batch))
+                raise
             if not entries:
                 if not batch:
                     return []  # idle: let the loop look at stop and the reclaim schedule

@@ -34,10 +34,8 @@ class ChdbUnderTest:
         return [dict(zip(result.columns, row, strict=True)) for row in result.rows]
 
     async def columns(self, table: str) -> dict[str, str]:
-        rows = await self.query(
-            "SELECT name, type FROM system.columns "
-            f"WHERE database = currentDatabase() AND table = {literal(table)}"
-        )
+        # DESCRIBE: `signalsmith sql` reads the warehouse's own tables only, not system.columns.
+        rows = await self.query(f"DESCRIBE {quote(table)}")
         return {row["name"]: kind_of_type(row["type"]).value for row in rows}
 
     async def tables(self) -> set[str]:

@@ -12,6 +12,7 @@ import clickhouse_connect
 
 from signalsmith import Identify, Track
 from signalsmith_warehouse_clickhouse import ClickHouseWarehouse
+from signalsmith_warehouse_clickhouse.naming import quote
 from signalsmith_warehouse_clickhouse.rows import MAX_DEPTH
 
 OpenWarehouse = Callable[..., Awaitable[ClickHouseWarehouse]]
@@ -52,14 +53,8 @@ async def rows(warehouse: ClickHouseWarehouse, sql: str) -> list[dict[str, Any]]
 
 
 async def column_types(warehouse: ClickHouseWarehouse, table: str) -> dict[str, str]:
-    return {
-        row["name"]: row["type"]
-        for row in await rows(
-            warehouse,
-            f"SELECT name, type FROM system.columns WHERE database = currentDatabase() "
-            f"AND table = '{table}'",
-        )
-    }
+    # DESCRIBE: `signalsmith sql` reads the warehouse's own tables only, not system.columns.
+    return {row["name"]: row["type"] for row in await rows(warehouse, f"DESCRIBE {quote(table)}")}
 
 
 async def test_in_one_batch_the_latest_value_picks_a_new_columns_type(
@@ -270,3 +265,105 @@ async def test_stored_traits_of_hand_made_types_are_written_back_as_they_were(
     assert await rows(warehouse, "SELECT ip, code, rank FROM users") == [
         {"ip": "192.0.2.7", "code": "abc", "rank": 2}
     ]
+
+
+async def test_every_value_set_aside_survives_final_and_merges(
+    open_warehouse: OpenWarehouse, chdb_dir: Path, database: str
+) -> None:
+    warehouse = await open_warehouse()
+    now = datetime.now(UTC)
+    # Four keys that snake-case to one column: the first is written, the other three set aside.
+    await warehouse.write([track("Alike", {"x.y": 1, "x y": 2, "x-y": 3, "X_Y": 4})])
+    # Two calls in one request give one user conflicting values: both are set aside.
+    await warehouse.write([identify("i-1", {"age": 30}, at=now)])
+    await warehouse.write(
+        [identify("i-2", {"age": "thirty"}, at=now), identify("i-3", {"age": "forty"}, at=now)]
+    )
+    # Background merges must not fold them together either.
+    change_by_hand(chdb_dir, f"OPTIMIZE TABLE {database}.discards FINAL")
+
+    assert [r["x_y"] for r in await rows(warehouse, "SELECT x_y FROM alike")] == [1]
+    alike = await rows(
+        warehouse,
+        "SELECT column_name, key_path, value, reason FROM discards "
+        "WHERE table_name = 'alike' ORDER BY value",
+    )
+    assert alike == [
+        {"column_name": "x_y", "key_path": ["properties", key], "value": value,
+         "reason": "duplicate_column"}
+        for key, value in (("x y", "2"), ("x-y", "3"), ("X_Y", "4"))
+    ]  # fmt: skip
+    users = await rows(
+        warehouse,
+        "SELECT row_id, message_id, key_path, value FROM discards "
+        "WHERE table_name = 'users' ORDER BY message_id",
+    )
+    assert users == [
+        {"row_id": "u-1", "message_id": "i-2", "key_path": ["traits", "age"], "value": "thirty"},
+        {"row_id": "u-1", "message_id": "i-3", "key_path": ["traits", "age"], "value": "forty"},
+    ]
+
+
+async def test_the_key_path_of_a_value_set_aside_is_the_one_sent(
+    open_warehouse: OpenWarehouse,
+) -> None:
+    warehouse = await open_warehouse()
+    await warehouse.write(
+        [track("Paths", {"shop": {"itemCount": 1}, "when": "2024-05-01T12:00:00Z"})]
+    )
+    clash = track(
+        "Paths",
+        # Nested, then flat: both are the column shop_item_count; the nested one came first.
+        {"shop": {"itemCount": "many"}, "shop.item count": 2, "when": 7, "id": "spoofed"},
+        context={"userAgent": "a", "user_agent": "b"},
+    )
+    await warehouse.write([clash])
+
+    found = await rows(
+        warehouse,
+        "SELECT table_name, column_name, key_path, row_id, message_id, value, reason "
+        "FROM discards ORDER BY table_name, column_name, reason",
+    )
+    paths = {(r["table_name"], r["column_name"], r["reason"]): r["key_path"] for r in found}
+    assert paths == {
+        ("paths", "context_user_agent", "duplicate_column"): ["context", "user_agent"],
+        ("paths", "id", "reserved_column"): ["properties", "id"],
+        ("paths", "shop_item_count", "duplicate_column"): ["properties", "shop.item count"],
+        ("paths", "shop_item_count", "type_conflict"): ["properties", "shop", "itemCount"],
+        ("paths", "when", "type_conflict"): ["properties", "when"],
+        ("tracks", "context_user_agent", "duplicate_column"): ["context", "user_agent"],
+    }
+    assert {(r["row_id"], r["message_id"]) for r in found} == {(clash.message_id, clash.message_id)}
+
+
+async def test_a_discards_table_of_the_earlier_layout_is_migrated_in_place(
+    open_warehouse: OpenWarehouse, chdb_dir: Path, database: str
+) -> None:
+    # The layout of the release before: no key_path or message_id, values of one row and
+    # column merged away.
+    change_by_hand(chdb_dir, f"CREATE DATABASE {database}")
+    change_by_hand(
+        chdb_dir,
+        f"CREATE TABLE {database}.discards (table_name String, column_name String, "
+        "row_id String, value String, value_type String, column_type String, reason String, "
+        "received_at DateTime64(3, 'UTC'), discarded_at DateTime64(6, 'UTC')) "
+        "ENGINE = ReplacingMergeTree(discarded_at) "
+        "ORDER BY (table_name, column_name, row_id, received_at)",
+    )
+    change_by_hand(
+        chdb_dir,
+        f"INSERT INTO {database}.discards VALUES ('old', 'x', 'm-old', '1', 'integer', "
+        "'Nullable(String)', 'type_conflict', now64(3), now64(6))",
+    )
+    warehouse = await open_warehouse()
+    await warehouse.write([track("Alike", {"x.y": 1, "x y": 2, "x-y": 3})])
+
+    found = await rows(
+        warehouse, "SELECT table_name, key_path, message_id, value FROM discards ORDER BY value"
+    )
+    assert [(r["table_name"], r["value"]) for r in found] == [
+        ("old", "1"), ("alike", "2"), ("alike", "3")
+    ]  # fmt: skip
+    assert found[0]["key_path"] == [] and found[0]["message_id"] == ""
+    [created] = await rows(warehouse, "SHOW CREATE TABLE discards")
+    assert "message_id, key_path)" in next(iter(created.values()))

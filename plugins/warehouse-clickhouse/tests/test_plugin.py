@@ -75,11 +75,13 @@ def warehouse_env(monkeypatch: pytest.MonkeyPatch, chdb_dir: Path, database: str
     monkeypatch.setenv("SIGNALSMITH_WAREHOUSE_MAX_WAIT_SECONDS", "0.05")
 
 
-def client_for(settings: Settings, *, embedded: bool) -> Any:
-    """A collector (with the worker in it when ``embedded``) knowing WRITE_KEY, with its client."""
+def client_for(settings: Settings, *, embedded: bool, **more_keys: Source) -> Any:
+    """A collector (with the worker in it when ``embedded``) knowing WRITE_KEY (and
+    ``more_keys``), with its client."""
+    keys = {WRITE_KEY: Source(id="web", name="Website"), **more_keys}
     return collector_client(
         msgspec.structs.replace(settings, admin_token=ADMIN_TOKEN, embedded_worker=embedded),
-        (StaticKeys({WRITE_KEY: Source(id="web", name="Website")}), "keys"),
+        (StaticKeys(keys), "keys"),
         entry_points=[PLUGIN],
     )
 
@@ -148,6 +150,61 @@ async def test_events_flow_from_the_collector_to_the_warehouse_in_one_process(
         anonymous = await client.post("/api/v1/admin/sql", json={"sql": "SELECT 1"})
         assert anonymous.status_code == 401
     assert held_warehouse(client.app.state.runtime) is None
+
+
+FLOOD_KEY = "wk-warehouse-flood"
+
+
+@pytest.mark.usefixtures("warehouse_env")
+async def test_another_sources_event_lands_while_a_flood_of_new_names_is_held_back(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2,500 new event names from one key: each would be a table of its own, at tens of
+    milliseconds each. Another source's event lands long before they could all be made."""
+    monkeypatch.setenv("SIGNALSMITH_WAREHOUSE_MAX_EVENT_TABLES_PER_SOURCE", "300")
+    flood_source = {FLOOD_KEY: Source(id="free", name="A free key")}
+    flood_auth = {"Authorization": "Basic " + base64.b64encode(f"{FLOOD_KEY}:".encode()).decode()}
+    async with client_for(settings, embedded=True, **flood_source) as client:
+        for first in range(0, 2500, 500):
+            flood = [
+                track(f"Flood {index}", properties={"index": index})
+                for index in range(first, first + 500)
+            ]
+            response = await client.post("/v1/batch", json={"batch": flood}, headers=flood_auth)
+            assert response.status_code == 200, response.text
+        mine = track("Order Completed", properties={"revenue": 12.5})
+        response = await client.post("/v1/batch", json={"batch": [mine]}, headers=basic())
+        assert response.status_code == 200, response.text
+
+        deadline = time.monotonic() + 120
+        landed: list[dict[str, Any]] = []
+        while not landed:
+            assert time.monotonic() < deadline, "the web source's event never landed"
+            await asyncio.sleep(0.2)
+            names = {row["name"] for row in await sql(client, "SHOW TABLES")}
+            if "order_completed" in names:
+                landed = await sql(client, "SELECT id, source_id FROM order_completed")
+        flood_tables_then = len([name for name in names if name.startswith("flood_")])
+        assert landed == [{"id": mine["messageId"], "source_id": "web"}]
+        # It did not wait for the flood's tables: at most the cap of them were ever made.
+        assert flood_tables_then <= 300
+
+        # Every flood call is in tracks; those of names that got no table have their
+        # properties in discards (written last in a batch: polled for).
+        [calls] = await sql(client, "SELECT count() AS n FROM tracks WHERE source_id = 'free'")
+        assert calls == {"n": 2500}
+        tables = [row["name"] for row in await sql(client, "SHOW TABLES")]
+        flood_tables = len([name for name in tables if name.startswith("flood_")])
+        assert flood_tables == flood_tables_then
+        kept = -1
+        while kept != 2500 - flood_tables and time.monotonic() < deadline:
+            [row] = await sql(
+                client,
+                "SELECT count() AS n FROM discards WHERE column_name = 'properties' "
+                "AND reason IN ('event_table_limit', 'new_table_limit')",
+            )
+            kept = row["n"]
+        assert kept == 2500 - flood_tables
 
 
 @pytest.mark.usefixtures("warehouse_env")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from signalsmith import Credentials, Refusal, Source, hookimpl
+from signalsmith import BannerSecret, Credentials, Refusal, Source, hookimpl
 from signalsmith_auth_writekey.invalidation import InvalidationListener
 from signalsmith_auth_writekey.keys import (
     STATE_KEY,
@@ -62,10 +62,19 @@ async def admit_events(source: Source, count: int, runtime: Runtime) -> Refusal 
 
 
 @hookimpl
-async def embedded_defaults(runtime: Runtime) -> dict[str, str]:
+async def embedded_defaults(runtime: Runtime) -> dict[str, BannerSecret]:
     """A development write key for ``signalsmith serve``, kept in the data directory."""
-    key = await ensure_dev_key(runtime, runtime.settings.data_path / DEV_KEY_FILE)
-    return {"write_key": key}
+    path = runtime.settings.data_path / DEV_KEY_FILE
+    try:
+        kept = path.read_text().strip()
+    except FileNotFoundError:
+        kept = ""
+    key = await ensure_dev_key(runtime, path)
+    return {
+        "write_key": BannerSecret(
+            value=key, new=key != kept, path=str(path.absolute()), command=("keys", "list")
+        )
+    }
 
 
 @hookimpl

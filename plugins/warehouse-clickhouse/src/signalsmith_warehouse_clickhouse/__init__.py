@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from signalsmith_warehouse_clickhouse.config import Target, WarehouseConfig, WarehouseConfigError
 from signalsmith_warehouse_clickhouse.naming import event_table_candidates, snakecase
-from signalsmith_warehouse_clickhouse.readonly import NotReadOnly, read_only_query
+from signalsmith_warehouse_clickhouse.readonly import NotReadOnly, checked_statement
 from signalsmith_warehouse_clickhouse.warehouse import (
     ClickHouseWarehouse,
     QueryError,
@@ -30,7 +30,7 @@ __all__ = [
     "WarehouseUnavailable",
     "WriteReport",
     "__version__",
+    "checked_statement",
     "event_table_candidates",
-    "read_only_query",
     "snakecase",
 ]

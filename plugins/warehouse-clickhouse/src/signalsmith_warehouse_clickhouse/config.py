@@ -40,6 +40,23 @@ class WarehouseConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_attempts: int = 6
     # Most columns a table may have; values for columns past it go to `discards`.
     max_columns: int = 1000
+    # Most event tables (one per track event name) one source may create; calls of names past
+    # it are in `tracks` only, their properties in `discards`. Creating a table takes the
+    # engine tens of milliseconds, during which every source's events wait.
+    max_event_tables_per_source: int = 500
+    # Most event tables one batch creates, shared among the sources that bring new names;
+    # names past it get their tables in later batches. Bounds how long one batch can hold up
+    # the events behind it.
+    max_new_event_tables_per_batch: int = 100
+    # Read-only queries (`signalsmith sql`, the admin SQL endpoint): the engine stops one that
+    # runs longer or needs more memory than this, and this many run at once.
+    query_timeout_seconds: float = 30.0
+    query_max_memory_bytes: int = 1 << 30
+    query_concurrency: int = 4
+    # http(s)://reader:password@host:8123: the ClickHouse user queries run as, one whose grants
+    # allow reading the warehouse's database and nothing else (the README has the GRANTs).
+    # None: the DSN's user.
+    query_dsn: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WarehouseConfig:
@@ -58,11 +75,40 @@ class WarehouseConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise WarehouseConfigError(
                 f"{name}={env.get(name, '')!r} is not valid: {reason}"
             ) from error
-        if config.batch_size < 1 or config.max_columns < 1 or config.max_wait_seconds < 0:
+        at_least_one = (
+            "batch_size",
+            "max_columns",
+            "max_event_tables_per_source",
+            "max_new_event_tables_per_batch",
+        )
+        for name in at_least_one:
+            if getattr(config, name) < 1:
+                raise WarehouseConfigError(
+                    f"{ENV_PREFIX}{name.upper()}={getattr(config, name)} is not valid: it must "
+                    "be at least 1"
+                )
+        if config.max_wait_seconds < 0:
             raise WarehouseConfigError(
-                f"{ENV_PREFIX}BATCH_SIZE and {ENV_PREFIX}MAX_COLUMNS must be at least 1 and "
-                f"{ENV_PREFIX}MAX_WAIT_SECONDS at least 0"
+                f"{ENV_PREFIX}MAX_WAIT_SECONDS={config.max_wait_seconds} is not valid: it must "
+                "be at least 0"
             )
+        if (
+            config.query_timeout_seconds <= 0
+            or config.query_max_memory_bytes < 1
+            or config.query_concurrency < 1
+        ):
+            raise WarehouseConfigError(
+                f"{ENV_PREFIX}QUERY_TIMEOUT_SECONDS, {ENV_PREFIX}QUERY_MAX_MEMORY_BYTES and "
+                f"{ENV_PREFIX}QUERY_CONCURRENCY must be above 0 (0 would mean no limit)"
+            )
+        if config.query_dsn is not None:
+            for dsn, name in ((config.query_dsn, "QUERY_DSN"), (config.dsn or "chdb:", "DSN")):
+                if urlsplit(dsn).scheme.lower() not in ("http", "https"):
+                    raise WarehouseConfigError(
+                        f"{ENV_PREFIX}QUERY_DSN is for a ClickHouse server, with users: "
+                        f"{ENV_PREFIX}{name} must be http(s)://... (an embedded chDB "
+                        "warehouse has no users; its queries run in a read-only session)"
+                    )
         return config
 
     def target(self, data_dir: Path) -> Target:
@@ -106,6 +152,13 @@ class WarehouseConfig(msgspec.Struct, frozen=True, kw_only=True):
             f"{ENV_PREFIX}DSN={dsn!r}: unsupported scheme {parts.scheme!r}; use chdb:///path/to/dir "
             "(embedded) or http(s)://user:password@host:8123/database (a ClickHouse server)"
         )
+
+    def reader_target(self, target: Target) -> Target:
+        """Where read-only queries run: ``target`` (from `target`), or as ``query_dsn``'s user."""
+        if self.query_dsn is None:
+            return target
+        reader = msgspec.structs.replace(self, dsn=self.query_dsn, database=target.database)
+        return reader.target(Path("."))
 
 
 class Target(msgspec.Struct, frozen=True, kw_only=True):

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from signalsmith import Event, Sink, SinkError, hookimpl
+from signalsmith import BannerValue, CliCommand, Event, Sink, SinkError, hookimpl
 from signalsmith_warehouse_clickhouse.config import WarehouseConfig
 
 # clickhouse-connect itself is imported only when a warehouse is opened.
@@ -66,12 +66,12 @@ async def startup(runtime: Runtime) -> None:
 
 
 @hookimpl
-def embedded_defaults(runtime: Runtime) -> dict[str, str]:
+def embedded_defaults(runtime: Runtime) -> dict[str, BannerValue]:
     """Where `signalsmith serve` stores events, and the command that reads them back."""
     target = WarehouseConfig.from_env().target(runtime.settings.data_path)
     return {
         "warehouse": target.display,
-        "read_it_back": 'signalsmith sql "SELECT event_text, count() FROM tracks GROUP BY 1"',
+        "read_it_back": CliCommand(("sql", "SELECT event_text, count() FROM tracks GROUP BY 1")),
     }
 
 

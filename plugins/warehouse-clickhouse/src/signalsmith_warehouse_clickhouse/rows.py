@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 from signalsmith import Alias, Event, Group, Identify, Page, Screen, Track
 from signalsmith_warehouse_clickhouse.naming import column_name
@@ -56,6 +56,10 @@ PROFILE_TABLES = ("users", "accounts")
 MAX_DEPTH = 32
 
 
+# A flattened leaf: its column, its value as sent, and its key path under its object.
+Leaf: TypeAlias = tuple[str, Any, tuple[str, ...]]
+
+
 def fixed_columns(table: str) -> dict[str, str]:
     """The columns every row of ``table`` has; an event's own table has the track columns."""
     return FIXED_COLUMNS.get(table) or FIXED_COLUMNS["tracks"]
@@ -76,6 +80,22 @@ class Row:
     received_at: datetime
     fixed: dict[str, Any]
     values: dict[str, Any] = field(default_factory=dict)
+    # Where ``values`` came from, in the order they were put: (the event's field, its leaves).
+    # Only read to name a value's key path in `discards`.
+    sources: tuple[tuple[str, list[Leaf]], ...] = ()
+    _key_paths: dict[str, tuple[str, ...]] | None = None
+
+    def key_path(self, column: str) -> tuple[str, ...]:
+        """The key path, as the client sent it, of the value ``values[column]`` holds."""
+        if self._key_paths is None:
+            # Built once per row that has a value set aside: a wide row may have many.
+            paths: dict[str, tuple[str, ...]] = {}
+            for root, leaves in self.sources:
+                for name, _, path in leaves:
+                    # The first leaf of a column is the one it holds (see ``put``).
+                    paths.setdefault(name, (root, *path))
+            self._key_paths = paths
+        return self._key_paths.get(column, ())
 
 
 @dataclass(slots=True, frozen=True)
@@ -84,11 +104,17 @@ class Discard:
 
     table_name: str
     column_name: str
+    # The key path of the value in the call as sent (``("properties", "x y")``): several keys
+    # can make one column name.
+    key_path: tuple[str, ...]
     row_id: str
+    # The call the value came from (the row's id, except in users and accounts).
+    message_id: str
     value: str
     value_type: str
     column_type: str
-    # type_conflict, column_limit, reserved_column or duplicate_column.
+    # type_conflict, column_limit, reserved_column, duplicate_column, event_table_limit or
+    # new_table_limit.
     reason: str
     received_at: datetime
 
@@ -115,8 +141,9 @@ _tries: dict[str, _KeyNode] = {}
 _cached_keys = 0
 
 
-def flatten(obj: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """``(column, value)`` for every non-null leaf of ``obj``, in the client's key order.
+def flatten(obj: dict[str, Any], prefix: str = "") -> list[Leaf]:
+    """``(column, value, key path)`` for every non-null leaf of ``obj``, in the client's key
+    order.
 
     Objects are descended into (their keys joined with ``_``); past ``MAX_DEPTH`` levels the
     rest is kept as JSON text in one column.
@@ -128,14 +155,12 @@ def flatten(obj: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     root = _tries.get(prefix)
     if root is None:
         root = _tries[prefix] = _KeyNode(())
-    found: list[tuple[str, Any]] = []
+    found: list[Leaf] = []
     _flatten_into(obj, root, prefix, found)
     return found
 
 
-def _flatten_into(
-    obj: dict[str, Any], node: _KeyNode, prefix: str, found: list[tuple[str, Any]]
-) -> None:
+def _flatten_into(obj: dict[str, Any], node: _KeyNode, prefix: str, found: list[Leaf]) -> None:
     global _cached_keys
     children = node.children
     for key, raw in obj.items():
@@ -150,13 +175,14 @@ def _flatten_into(
             column = child.column
             if column is None:
                 column = child.column = column_name(child.path, prefix)
-            found.append((column, raw))
+            found.append((column, raw, child.path))
 
 
-def put(row: Row, values: list[tuple[str, Any]], discards: list[Discard]) -> None:
-    """Add flattened values to ``row``: a name taken by a fixed column or an earlier value of
-    the same row is discarded (silently when it repeats the fixed column's own value)."""
-    for name, value in values:
+def put(row: Row, root: str, values: list[Leaf], discards: list[Discard]) -> None:
+    """Add flattened values of the event's ``root`` field to ``row``: a name taken by a fixed
+    column or an earlier value of the same row is discarded (silently when it repeats the fixed
+    column's own value)."""
+    for name, value, path in values:
         if name in row.fixed:
             current = row.fixed[name]
             if current is not None and (
@@ -173,7 +199,9 @@ def put(row: Row, values: list[tuple[str, Any]], discards: list[Discard]) -> Non
             Discard(
                 table_name=row.table,
                 column_name=name,
+                key_path=(root, *path),
                 row_id=row.row_id,
+                message_id=row.message_id,
                 value=text_of(value),
                 value_type=sent_as(value),
                 column_type="",
@@ -184,20 +212,26 @@ def put(row: Row, values: list[tuple[str, Any]], discards: list[Discard]) -> Non
 
 
 def event_rows(
-    event: Event, loaded_at: datetime, event_table: Callable[[str], str]
+    event: Event, loaded_at: datetime, event_table: Callable[[str], str | None]
 ) -> tuple[list[Row], list[Discard]]:
-    """The rows one event becomes, and the values set aside while flattening it."""
+    """The rows one event becomes, and the values set aside while flattening it.
+
+    ``event_table`` names a track's own table; a track whose name has none (it is over a cap,
+    see the warehouse) is a row in ``tracks`` only, and its caller keeps its properties.
+    """
     discards: list[Discard] = []
     # Flattened once and copied into each of the event's rows. No fixed column starts with
     # "context_", so only two context keys that snake-case alike can clash.
     context: dict[str, Any] = {}
-    clashing: list[tuple[str, Any]] = []
+    clashing: list[Leaf] = []
+    leaves: list[Leaf] = []
     if event.context:
-        for name, value in flatten(event.context, "context_"):
-            if name in context:
-                clashing.append((name, value))
+        leaves = flatten(event.context, "context_")
+        for leaf in leaves:
+            if leaf[0] in context:
+                clashing.append(leaf)
             else:
-                context[name] = value
+                context[leaf[0]] = leaf[1]
     common: dict[str, Any] = {
         "id": event.message_id,
         "received_at": event.received_at,
@@ -210,23 +244,30 @@ def event_rows(
         "loaded_at": loaded_at,
     }
 
-    def row(table: str, fixed: dict[str, Any], *extra: list[tuple[str, Any]]) -> Row:
+    def row(
+        table: str, fixed: dict[str, Any], root: str = "", extra: list[Leaf] | None = None
+    ) -> Row:
         made = Row(table, event.message_id, event.message_id, event.received_at, fixed)
         made.values = dict(context)
         if clashing:
-            put(made, clashing, discards)
-        for values in extra:
-            put(made, values, discards)
+            put(made, "context", clashing, discards)
+        if extra is None:
+            made.sources = (("context", leaves),)
+        else:
+            put(made, root, extra, discards)
+            made.sources = (("context", leaves), (root, extra))
         return made
 
     if isinstance(event, Track):
         table = event_table(event.event)
-        fixed = {**common, "event": table, "event_text": event.event}
+        fixed = {**common, "event": table or "", "event_text": event.event}
+        if table is None:
+            return [row("tracks", fixed)], discards
         properties = flatten(event.properties)
-        return [row("tracks", fixed), row(table, dict(fixed), properties)], discards
+        return [row("tracks", fixed), row(table, dict(fixed), "properties", properties)], discards
     if isinstance(event, Identify):
         traits = flatten(event.traits)
-        rows = [row("identifies", common, traits)]
+        rows = [row("identifies", common, "traits", traits)]
         if event.user_id:
             rows.append(_profile("users", event.user_id, event, loaded_at, traits, discards))
         return rows, discards
@@ -238,10 +279,10 @@ def event_rows(
         if category is None:
             category = _text_or_none(event.properties, "category")
         fixed = {**common, "name": name, "category": category}
-        return [row(table, fixed, flatten(event.properties))], discards
+        return [row(table, fixed, "properties", flatten(event.properties))], discards
     if isinstance(event, Group):
         traits = flatten(event.traits)
-        rows = [row("groups", {**common, "group_id": event.group_id}, traits)]
+        rows = [row("groups", {**common, "group_id": event.group_id}, "traits", traits)]
         rows.append(_profile("accounts", event.group_id, event, loaded_at, traits, discards))
         return rows, discards
     if isinstance(event, Alias):
@@ -249,19 +290,36 @@ def event_rows(
     raise TypeError(f"no warehouse table for event type {type(event).__name__}")
 
 
+def untabled_properties(event: Track, reason: str) -> Discard:
+    """The properties of a track that has no table of its own, whole, as a `discards` row."""
+    return Discard(
+        table_name="tracks",
+        column_name="properties",
+        key_path=("properties",),
+        row_id=event.message_id,
+        message_id=event.message_id,
+        value=text_of(event.properties),
+        value_type="object",
+        column_type="",
+        reason=reason,
+        received_at=event.received_at,
+    )
+
+
 def _profile(
     table: str,
     row_id: str,
     event: Event,
     loaded_at: datetime,
-    traits: list[tuple[str, Any]],
+    traits: list[Leaf],
     discards: list[Discard],
 ) -> Row:
     fixed: dict[str, Any] = {"id": row_id, "received_at": event.received_at, "loaded_at": loaded_at}
     if table == "accounts":
         fixed["user_id"] = event.user_id
     profile = Row(table, row_id, event.message_id, event.received_at, fixed)
-    put(profile, traits, discards)
+    put(profile, "traits", traits, discards)
+    profile.sources = (("traits", traits),)
     return profile
 
 

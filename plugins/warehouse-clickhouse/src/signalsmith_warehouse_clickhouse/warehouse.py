@@ -4,12 +4,15 @@ One class serves both targets through clickhouse-connect: ``chdb://`` runs the C
 in this process (chDB), ``http(s)://`` talks to a server. Its clients are blocking, so every
 call runs on a thread of this warehouse's own, never on the event loop: one thread writes
 (chDB sessions are not thread-safe, and the schema cache is then touched by one thread only),
-another answers read-only queries, each with its own session.
+a few others answer read-only queries, each in a read-only session of its own, so that a slow
+query does not hold up the next; the engine stops a query past its time or memory limit, or
+when the caller gives up on it.
 
-A batch is written in four steps: name the tables of new event names; turn events into rows;
-bring each table's schema up to what its rows need (create it, add columns, widen integer
-columns that meet floats) and cast every value to its column, setting aside what does not fit;
-then one insert per table, plus one into ``discards``, each as JSON lines ClickHouse parses.
+A batch is written in four steps: name the tables of new event names (within the caps on event
+tables per source and on new ones per batch); turn events into rows; bring each table's schema
+up to what its rows need (create it, add columns, widen integer columns that meet floats) and
+cast every value to its column, setting aside what does not fit; then one insert per table,
+plus one into ``discards``, each as JSON lines ClickHouse parses.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import contextlib
 import gc
 import hashlib
 import logging
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
@@ -39,7 +44,7 @@ from signalsmith_warehouse_clickhouse.naming import (
     event_table_candidates,
     quote,
 )
-from signalsmith_warehouse_clickhouse.readonly import read_only_query
+from signalsmith_warehouse_clickhouse.readonly import NotReadOnly, checked_statement
 from signalsmith_warehouse_clickhouse.rows import (
     LOADED_AT,
     PROFILE_TABLES,
@@ -48,6 +53,7 @@ from signalsmith_warehouse_clickhouse.rows import (
     Row,
     event_rows,
     fixed_columns,
+    untabled_properties,
 )
 from signalsmith_warehouse_clickhouse.values import (
     AS_IT_IS,
@@ -75,7 +81,9 @@ T = TypeVar("T")
 DISCARD_COLUMNS: dict[str, str] = {
     "table_name": "String",
     "column_name": "String",
+    "key_path": "Array(String)",
     "row_id": "String",
+    "message_id": "String",
     "value": "String",
     "value_type": "String",
     "column_type": "String",
@@ -83,6 +91,11 @@ DISCARD_COLUMNS: dict[str, str] = {
     "received_at": TIMESTAMP,
     "discarded_at": LOADED_AT,
 }
+# Every value set aside is a row of its own: one call can set aside several values for one
+# column of one row (keys that snake-case alike; two identifies of one user in one request), and
+# only a redelivery of the same value may merge with it. The release before ordered by the first
+# four alone; `_open_writer` extends such a table in place.
+DISCARDS_ORDER_BY = ("table_name", "column_name", "row_id", "received_at", "message_id", "key_path")
 # How many recent inserts per table ClickHouse remembers by their deduplication token, so that
 # a batch written again (a retry after a partial failure) is skipped before it makes a row.
 DEDUPLICATION_WINDOW = 1000
@@ -100,10 +113,17 @@ JSON_INSERT_SETTINGS: dict[str, Any] = {
 # Values of types JSON has no notation for (IP addresses read back from a column changed by
 # hand, say) are written as their text, which is how ClickHouse reads them.
 _json_lines = msgspec.json.Encoder(enc_hook=str)
+# Why a track has no table of its own (`discards.reason`): its source has the most event tables
+# it may have, or its batch made the most new ones it may make.
+EVENT_TABLE_LIMIT = "event_table_limit"
+NEW_TABLE_LIMIT = "new_table_limit"
+# A source's calls left without a table are logged at most this often per source and reason.
+UNTABLED_WARNING_SECONDS = 60.0
 # Values per IN (...) list when looking rows up by id.
 LOOKUP_CHUNK = 1000
 # Most rows a read-only query returns.
 QUERY_ROW_LIMIT = 10_000
+CANCELLED = "the query was cancelled: its client went away, or the server is stopping"
 # A table's columns are read again after this long, so a change made by hand or by another
 # writer is seen within it (the writer's own changes are seen at once).
 SCHEMA_TTL_SECONDS = 60.0
@@ -125,6 +145,34 @@ class QueryResult(msgspec.Struct, frozen=True, kw_only=True):
     rows: list[list[Any]]
     # More rows matched than were returned.
     truncated: bool = False
+
+
+class _ReaderSession:
+    """A read-only session, and the mark its queries carry (their ``log_comment``), by which
+    KILL QUERY finds them from another session."""
+
+    __slots__ = ("client", "mark", "settings")
+
+    def __init__(self, client: Client, mark: str, settings: dict[str, Any]) -> None:
+        self.client = client
+        self.mark = mark
+        # Sent with every query (a server's); chDB's are set on the session itself.
+        self.settings = settings
+
+    def ask(self, sql: str) -> Any:
+        """The one value ``sql`` returns."""
+        return self.client.query(sql, settings=self.settings or None).result_rows[0][0]
+
+
+class _RunningQuery:
+    """A query's hold on a reader session, so that another thread can stop it in the engine."""
+
+    __slots__ = ("cancelled", "lock", "session")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.session: _ReaderSession | None = None
+        self.cancelled = False
 
 
 class WriteReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -195,11 +243,25 @@ class ClickHouseWarehouse:
         self.target = target
         self.database = target.database
         self.query_row_limit = query_row_limit
+        # Where queries run: the same place, or as the reader user SIGNALSMITH_WAREHOUSE_QUERY_DSN
+        # names.
+        self.reader_target = config.reader_target(target)
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="signalsmith-ch-write")
-        self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="signalsmith-ch-read")
+        self._read_threads = ThreadPoolExecutor(
+            config.query_concurrency, thread_name_prefix="signalsmith-ch-read"
+        )
+        # Stops queries in the engine: a thread of its own, so that stopping one never waits
+        # behind the queries it is to stop.
+        self._cancel_thread = ThreadPoolExecutor(1, thread_name_prefix="signalsmith-ch-cancel")
         self._writer: Client | None = None
-        self._reader: Client | None = None
-        self._reader_settings: dict[str, Any] = {}
+        # Read-only sessions not in use; at most one per read thread is ever open.
+        self._idle_readers: list[_ReaderSession] = []
+        self._readers_lock = threading.Lock()
+        self._readers_closed = False
+        # The session KILL QUERY runs in (on the cancel thread).
+        self._killer: _ReaderSession | None = None
+        # Queries `query` is waiting for, stopped by `close`.
+        self._running: set[_RunningQuery] = set()
         # Columns (name -> ClickHouse type) of each table this process has seen; a table is
         # read from system.columns the first time, then kept up to date by our own DDL.
         self._tables: dict[str, dict[str, str]] = {}
@@ -209,6 +271,8 @@ class ClickHouseWarehouse:
         self._table_kinds: dict[str, tuple[dict[str, str], ColumnKinds]] = {}
         # Event name -> its table, as recorded in `_event_tables`.
         self._event_tables: dict[str, str] = {}
+        # (source, reason) -> when calls left without a table were last logged.
+        self._untabled_warned_at: dict[tuple[str, str], float] = {}
 
     def __repr__(self) -> str:
         return f"ClickHouseWarehouse({self.target.display}, database={self.database!r})"
@@ -227,28 +291,47 @@ class ClickHouseWarehouse:
         return await self._on(self._write_thread, partial(self.write_sync, events))
 
     async def query(self, sql: str, *, limit: int | None = None) -> QueryResult:
-        """Run one read-only statement, duplicates merged away (``FINAL`` on every table)."""
-        return await self._on(self._read_thread, partial(self.query_sync, sql, limit=limit))
+        """Run one read-only statement, duplicates merged away (``FINAL`` on every table).
+
+        Cancelling the task that awaits it (its HTTP client went away) stops it in the engine.
+        """
+        running = _RunningQuery()
+        self._running.add(running)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._read_threads, partial(self._query, sql, limit, running)
+            )
+        except asyncio.CancelledError:
+            await loop.run_in_executor(self._cancel_thread, partial(self._cancel, running))
+            raise
+        finally:
+            self._running.discard(running)
 
     async def close(self) -> None:
         await self._on(self._write_thread, self._close_writer)
-        await self._on(self._read_thread, self._close_reader)
+        running = list(self._running)
+        await self._on(self._cancel_thread, partial(self._close_readers, running))
         self._write_thread.shutdown(wait=False)
-        self._read_thread.shutdown(wait=False)
+        self._read_threads.shutdown(wait=False)
+        self._cancel_thread.shutdown(wait=False)
 
     def close_sync(self) -> None:
         """``close`` for callers without an event loop that used the ``*_sync`` methods."""
         self._close_writer()
-        self._close_reader()
+        self._close_readers([])
         self._write_thread.shutdown(wait=False)
-        self._read_thread.shutdown(wait=False)
+        self._read_threads.shutdown(wait=False)
+        self._cancel_thread.shutdown(wait=False)
 
     # --- connections --------------------------------------------------------------------------
 
-    def _connect(self, *, database: str | None) -> Client:
+    def _connect(
+        self, *, database: str | None, target: Target | None = None, receive_timeout: float = 300
+    ) -> Client:
         import clickhouse_connect
 
-        target = self.target
+        target = target or self.target
         try:
             if target.kind == "chdb":
                 return clickhouse_connect.get_client(
@@ -259,7 +342,7 @@ class ClickHouseWarehouse:
                 database=database or "default",
                 tz_mode="aware",
                 connect_timeout=10,
-                send_receive_timeout=300,
+                send_receive_timeout=receive_timeout,
             )
         except Exception as error:
             raise WarehouseUnavailable(self._explain(error)) from error
@@ -291,16 +374,25 @@ class ClickHouseWarehouse:
         client = self._connect(database=None)
         try:
             client.command(f"CREATE DATABASE IF NOT EXISTS {quote(self.database)}")
-            self._create_table(client, DISCARDS_TABLE, DISCARD_COLUMNS, {}, "discarded_at", (
-                "table_name", "column_name", "row_id", "received_at"
-            ))  # fmt: skip
+            self._create_table(
+                client, DISCARDS_TABLE, DISCARD_COLUMNS, {}, "discarded_at", DISCARDS_ORDER_BY
+            )
+            self._migrate_discards(client)
             # Which table each event name got: names that snake-case alike get different
-            # tables, and the choice must outlive this process.
+            # tables, and the choice must outlive this process. `source_id` is the source
+            # whose call claimed it, which the per-source cap counts.
             client.command(
                 f"CREATE TABLE IF NOT EXISTS {self._qualified(EVENT_TABLES_TABLE)} "
-                "(event_text String, table_name String, claimed_at DateTime64(6, 'UTC')) "
+                "(event_text String, table_name String, claimed_at DateTime64(6, 'UTC'), "
+                "source_id String) "
                 "ENGINE = ReplacingMergeTree(claimed_at) ORDER BY event_text"
             )
+            if "source_id" not in self._read_columns(client, EVENT_TABLES_TABLE):
+                # Made by an earlier release: its claims count for no source ('').
+                client.command(
+                    f"ALTER TABLE {self._qualified(EVENT_TABLES_TABLE)} "
+                    "ADD COLUMN IF NOT EXISTS source_id String"
+                )
         except Exception:
             client.close()
             raise
@@ -308,57 +400,120 @@ class ClickHouseWarehouse:
         log.info("warehouse %s open for writing (database %s)", self.target.display, self.database)
         return client
 
+    def _migrate_discards(self, client: Client) -> None:
+        """Give a `discards` table of the release before the columns that keep every value.
+
+        Its rows stay; they read ``key_path`` as ``[]`` and ``message_id`` as ``''``. Columns
+        added in the same ALTER may extend the sort key, so this is a metadata change.
+        """
+        columns = self._read_columns(client, DISCARDS_TABLE)
+        if "key_path" in columns and "message_id" in columns:
+            return
+        client.command(
+            f"ALTER TABLE {self._qualified(DISCARDS_TABLE)} "
+            "ADD COLUMN IF NOT EXISTS key_path Array(String) AFTER column_name, "
+            "ADD COLUMN IF NOT EXISTS message_id String AFTER row_id, "
+            f"MODIFY ORDER BY ({', '.join(quote(name) for name in DISCARDS_ORDER_BY)})"
+        )
+        log.info("warehouse: discards table extended to keep every value set aside")
+
     def _close_writer(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
 
-    def _open_reader(self) -> Client:
-        if self._reader is not None:
-            return self._reader
-        target = self.target
+    def _open_reader(self) -> _ReaderSession:
+        """A new read-only session, limits set, on the reader target."""
+        target = self.reader_target
         if target.kind == "chdb" and target.path is not None and not target.path.exists():
             raise WarehouseUnavailable(
                 f"no warehouse at {target.path} yet: start `signalsmith serve` and send an event "
                 "(or set SIGNALSMITH_WAREHOUSE_DSN / SIGNALSMITH_DATA_DIR to where it is)"
             )
-        client = self._connect(database=None)
-        try:
-            databases = client.query(
-                f"SELECT count() FROM system.databases WHERE name = {literal(self.database)}"
-            ).result_rows
-            if not databases or not databases[0][0]:
-                raise WarehouseUnavailable(
-                    f"the warehouse {target.display} has no database {self.database!r} yet: no "
-                    "event has been written to it; send one and try again"
+        no_database = WarehouseUnavailable(
+            f"the warehouse {target.display} has no database {self.database!r} yet: no "
+            "event has been written to it; send one and try again"
+        )
+        config = self.config
+        if target.kind == "chdb":
+            client = self._connect(database=None, target=target)
+        else:
+            # Straight into the warehouse's database: a reader user may see nothing else.
+            try:
+                client = self._connect(
+                    database=self.database,
+                    target=target,
+                    receive_timeout=max(300.0, config.query_timeout_seconds + 30),
                 )
-            client.database = self.database
-            limits = {
-                # FINAL on every table: a row written twice (a redelivered batch) shows once.
-                "final": 1,
-                "max_result_rows": self.query_row_limit + 1,
-                "result_overflow_mode": "break",
-            }
+            except WarehouseUnavailable as error:
+                if "UNKNOWN_DATABASE" in str(error):
+                    raise no_database from error
+                raise
+        # Its queries carry this mark (their log_comment): KILL QUERY finds them by it.
+        mark = f"signalsmith-sql {uuid.uuid4().hex}"
+        settings: dict[str, Any] = {
+            # FINAL on every table: a row written twice (a redelivered batch) shows once.
+            "final": 1,
+            "max_result_rows": self.query_row_limit + 1,
+            "result_overflow_mode": "break",
+            "max_execution_time": config.query_timeout_seconds,
+            "max_memory_usage": config.query_max_memory_bytes,
+            "log_comment": mark,
+        }
+        try:
             if target.kind == "chdb":
-                # Session-wide and set last: from here on this session cannot write, change a
-                # setting, or use table functions (file(), url()) that reach outside.
-                for name, value in limits.items():
+                databases = client.query(
+                    f"SELECT count() FROM system.databases WHERE name = {literal(self.database)}"
+                ).result_rows
+                if not databases or not databases[0][0]:
+                    raise no_database
+                client.database = self.database
+                # Session-wide and set last: from here on this session cannot write or change
+                # a setting (a query's SETTINGS clause included).
+                for name, value in settings.items():
                     client.command(f"SET {name} = {literal(str(value))}")
                 client.command("SET readonly = 1")
-                self._reader_settings = {}
+                settings = {}
             else:
-                # A server takes settings per request; readonly=2 allows these ones alongside.
-                self._reader_settings = {"readonly": 2, **limits}
+                # A server takes settings per request: readonly=2 refuses writes and a change
+                # of readonly itself, and allows these alongside. A query that outlives its
+                # HTTP request is stopped.
+                settings = {
+                    "readonly": 2,
+                    **settings,
+                    "cancel_http_readonly_queries_on_client_close": 1,
+                }
         except Exception:
             client.close()
             raise
-        self._reader = client
-        return client
+        return _ReaderSession(client, mark, settings)
 
-    def _close_reader(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+    def _take_reader(self) -> _ReaderSession:
+        with self._readers_lock:
+            if self._readers_closed:
+                raise WarehouseUnavailable(f"the warehouse {self.target.display} is closed")
+            if self._idle_readers:
+                return self._idle_readers.pop()
+        return self._open_reader()
+
+    def _give_back(self, session: _ReaderSession, *, reusable: bool) -> None:
+        with self._readers_lock:
+            if reusable and not self._readers_closed:
+                self._idle_readers.append(session)
+                return
+        session.client.close()
+
+    def _close_readers(self, running: list[_RunningQuery]) -> None:
+        with self._readers_lock:
+            self._readers_closed = True
+            idle, self._idle_readers = self._idle_readers, []
+        for query in running:
+            self._cancel(query)
+        for session in idle:
+            session.client.close()
+        if self._killer is not None:
+            self._killer.client.close()
+            self._killer = None
 
     def _qualified(self, table: str) -> str:
         return f"{quote(self.database)}.{quote(table)}"
@@ -366,28 +521,94 @@ class ClickHouseWarehouse:
     # --- reading ------------------------------------------------------------------------------
 
     def query_sync(self, sql: str, *, limit: int | None = None) -> QueryResult:
-        statement = read_only_query(sql)
+        """``query`` for callers without an event loop (`signalsmith sql` on its own)."""
+        return self._query(sql, limit, None)
+
+    def _query(self, sql: str, limit: int | None, running: _RunningQuery | None) -> QueryResult:
         limit = min(limit or self.query_row_limit, self.query_row_limit)
-        reader = self._open_reader()
+        session = self._take_reader()
+        reusable = False
         try:
-            result = reader.query(statement, settings=self._reader_settings or None)
+            if running is not None:
+                with running.lock:
+                    running.session = session
+            statement = checked_statement(sql, self.database, session.ask)
+            if running is not None and running.cancelled:
+                raise QueryError(CANCELLED)
+            result = session.client.query(statement, settings=session.settings or None)
             rows = result.result_rows
+            reusable = True
+        except NotReadOnly:
+            reusable = True
+            raise
+        except QueryError:
+            raise
         except Exception as error:
-            # A failed statement can leave output behind on a chDB session; start a fresh one.
-            self._close_reader()
-            message = _clickhouse_message(error)
-            if "UNKNOWN_TABLE" in message:
-                message += (
-                    "; a table is created by the first event that lands in it, so it may not "
-                    "exist yet: `signalsmith sql 'SHOW TABLES'` lists the tables there are"
-                )
-            raise QueryError(message) from error
+            # A failed statement can leave output behind on a chDB session; the next query
+            # gets a fresh one.
+            raise QueryError(self._failure(error)) from error
+        finally:
+            if running is not None:
+                with running.lock:
+                    running.session = None
+            self._give_back(session, reusable=reusable)
         return QueryResult(
             columns=list(result.column_names),
             types=[column_type.name for column_type in result.column_types],
             rows=[[plain(value) for value in row] for row in rows[:limit]],
             truncated=len(rows) > limit,
         )
+
+    def _failure(self, error: BaseException) -> str:
+        """What went wrong with a query, in the words of its fix."""
+        message = _clickhouse_message(error)
+        config = self.config
+        if "TIMEOUT_EXCEEDED" in message:
+            return (
+                f"the query ran longer than {config.query_timeout_seconds:g} s and the engine "
+                "stopped it: narrow it (a WHERE on received_at, a LIMIT) or raise "
+                f"SIGNALSMITH_WAREHOUSE_QUERY_TIMEOUT_SECONDS ({message})"
+            )
+        if "MEMORY_LIMIT_EXCEEDED" in message:
+            return (
+                f"the query needed more than {config.query_max_memory_bytes} bytes of memory and "
+                "the engine stopped it: narrow it or raise "
+                f"SIGNALSMITH_WAREHOUSE_QUERY_MAX_MEMORY_BYTES ({message})"
+            )
+        if "QUERY_WAS_CANCELLED" in message:
+            return CANCELLED
+        if "UNKNOWN_TABLE" in message:
+            message += (
+                "; a table is created by the first event that lands in it, so it may not "
+                "exist yet: `signalsmith sql 'SHOW TABLES'` lists the tables there are"
+            )
+        return message
+
+    def _cancel(self, running: _RunningQuery) -> None:
+        """Stop ``running`` in the engine: KILL QUERY by its session's mark, from a session of
+        its own, until its thread lets go of the session (a kill that lands between the check
+        and the query finds nothing to stop, so it is sent again)."""
+        with running.lock:
+            running.cancelled = True
+        deadline = time.monotonic() + self.config.query_timeout_seconds + 10
+        while time.monotonic() < deadline:
+            with running.lock:
+                session = running.session
+                if session is None:
+                    return
+                try:
+                    if self._killer is None:
+                        self._killer = self._open_reader()
+                    self._killer.client.command(
+                        f"KILL QUERY WHERE Settings['log_comment'] = {literal(session.mark)} ASYNC",
+                        settings=self._killer.settings or None,
+                    )
+                except Exception as error:
+                    log.warning("warehouse: could not stop a query: %s", error)
+                    if self._killer is not None:
+                        self._killer.client.close()
+                        self._killer = None
+            time.sleep(0.1)
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -404,13 +625,14 @@ class ClickHouseWarehouse:
 
     def _write(self, client: Client, events: list[Event]) -> WriteReport:
         loaded_at = datetime.now(UTC)
-        names = list(dict.fromkeys(event.event for event in events if isinstance(event, Track)))
-        tables = self._resolve_event_tables(client, names)
+        tables, untabled = self._resolve_event_tables(client, events)
         by_table: dict[str, list[Row]] = {}
         discards: list[Discard] = []
         for event in events:
-            rows, set_aside = event_rows(event, loaded_at, tables.__getitem__)
+            rows, set_aside = event_rows(event, loaded_at, tables.get)
             discards += set_aside
+            if untabled and isinstance(event, Track) and event.event not in tables:
+                discards.append(untabled_properties(event, untabled[event.project_id]))
             for row in rows:
                 by_table.setdefault(row.table, []).append(row)
         prepared = {
@@ -429,18 +651,86 @@ class ClickHouseWarehouse:
 
     # -- event tables --
 
-    def _resolve_event_tables(self, client: Client, names: list[str]) -> dict[str, str]:
-        """The table of every event name in ``names``, claiming tables for new names."""
+    def _resolve_event_tables(
+        self, client: Client, events: list[Event]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The table of each track event name of ``events`` that has one, claiming tables for
+        new names within the caps; and, by source, why its calls of the names left without a
+        table have none (`EVENT_TABLE_LIMIT` or `NEW_TABLE_LIMIT`)."""
+        names = dict.fromkeys(event.event for event in events if isinstance(event, Track))
         missing = [name for name in names if name not in self._event_tables]
         if not missing:
-            return self._event_tables
+            return self._event_tables, {}
         for chunk in _chunks(missing, LOOKUP_CHUNK):
             found = client.query(
                 f"SELECT event_text, table_name FROM {self._qualified(EVENT_TABLES_TABLE)} FINAL "
                 f"WHERE event_text IN ({_literals(chunk)})"
             ).result_rows
             self._event_tables.update({text: table for text, table in found})
-        missing = [name for name in missing if name not in self._event_tables]
+        new = {name for name in missing if name not in self._event_tables}
+        if not new:
+            return self._event_tables, {}
+        # The new names of each source, in the order its calls brought them.
+        wanted: dict[str, dict[str, None]] = {}
+        for event in events:
+            if isinstance(event, Track) and event.event in new:
+                wanted.setdefault(event.project_id, {})[event.event] = None
+        chosen, untabled = self._allot_new_tables(client, wanted)
+        if chosen:
+            self._claim_event_tables(client, chosen)
+        for source, reason in untabled.items():
+            left = sum(name not in self._event_tables for name in wanted[source])
+            self._warn_untabled(source, reason, left)
+        return self._event_tables, untabled
+
+    def _allot_new_tables(
+        self, client: Client, wanted: dict[str, dict[str, None]]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Which new names get a table in this batch (name -> the source it counts for), and
+        why the sources of the others get none.
+
+        A source gets tables up to its cap; the batch makes at most its own cap of them. Sources
+        take turns, one name each, so one source's flood does not take another's turn: a source
+        with one new name gets its table whatever else the batch holds.
+        """
+        cap = self.config.max_event_tables_per_source
+        claimed = self._event_tables_claimed_by(client, list(wanted))
+        room = {source: max(0, cap - claimed.get(source, 0)) for source in wanted}
+        budget = self.config.max_new_event_tables_per_batch
+        chosen: dict[str, str] = {}
+        turns = {source: iter(names) for source, names in wanted.items() if room[source]}
+        while budget and turns:
+            for source, names in list(turns.items()):
+                name = next((name for name in names if name not in chosen), None)
+                if name is not None:
+                    chosen[name] = source
+                    room[source] -= 1
+                    budget -= 1
+                if name is None or not room[source]:
+                    del turns[source]
+                if not budget:
+                    break
+        untabled = {
+            source: EVENT_TABLE_LIMIT if not room[source] else NEW_TABLE_LIMIT
+            for source, names in wanted.items()
+            if any(name not in chosen for name in names)
+        }
+        return chosen, untabled
+
+    def _event_tables_claimed_by(self, client: Client, sources: list[str]) -> dict[str, int]:
+        # Counted afresh whenever a batch brings new names: other writers claim tables too.
+        counts: dict[str, int] = {}
+        for chunk in _chunks(sources, LOOKUP_CHUNK):
+            found = client.query(
+                f"SELECT source_id, count() FROM {self._qualified(EVENT_TABLES_TABLE)} FINAL "
+                f"WHERE source_id IN ({_literals(chunk)}) GROUP BY source_id"
+            ).result_rows
+            counts.update({source: int(count) for source, count in found})
+        return counts
+
+    def _claim_event_tables(self, client: Client, chosen: dict[str, str]) -> None:
+        """Claim a table for each new name of ``chosen`` (name -> the source it counts for)."""
+        missing = list(chosen)
         candidates = {name: event_table_candidates(name) for name in missing}
         holders = self._table_holders(
             client, {table for tables in candidates.values() for table in tables}
@@ -451,11 +741,11 @@ class ClickHouseWarehouse:
         for _ in range(3):
             if not missing:
                 break
-            chosen: dict[str, str] = {}
+            claims: dict[str, str] = {}
             for name in missing:
                 for table in candidates[name]:
                     if holders.get(table, name) == name:
-                        chosen[name] = table
+                        claims[name] = table
                         holders[table] = name
                         break
                 else:  # pragma: no cover - the last candidate is a 160-bit hash of the name
@@ -464,18 +754,42 @@ class ClickHouseWarehouse:
             self._insert_rows(
                 client,
                 EVENT_TABLES_TABLE,
-                ["event_text", "table_name", "claimed_at"],
-                [[name, table, now] for name, table in chosen.items()],
+                ["event_text", "table_name", "claimed_at", "source_id"],
+                [[name, table, now, chosen[name]] for name, table in claims.items()],
             )
-            confirmed = self._table_holders(client, set(chosen.values()))
+            confirmed = self._table_holders(client, set(claims.values()))
             holders.update(confirmed)
-            for name, table in chosen.items():
+            for name, table in claims.items():
                 if confirmed.get(table) == name:
                     self._event_tables[name] = table
             missing = [name for name in missing if name not in self._event_tables]
         if missing:
             raise RuntimeError(f"could not claim tables for events {missing!r}; retrying")
-        return self._event_tables
+
+    def _warn_untabled(self, source: str, reason: str, names: int) -> None:
+        now = time.monotonic()
+        warned_at = self._untabled_warned_at.get((source, reason))
+        if warned_at is not None and now - warned_at < UNTABLED_WARNING_SECONDS:
+            return
+        self._untabled_warned_at[(source, reason)] = now
+        if reason == EVENT_TABLE_LIMIT:
+            why = (
+                f"source {source!r} has its {self.config.max_event_tables_per_source} event "
+                "tables (SIGNALSMITH_WAREHOUSE_MAX_EVENT_TABLES_PER_SOURCE)"
+            )
+        else:
+            why = (
+                f"this batch made its {self.config.max_new_event_tables_per_batch} new event "
+                "tables (SIGNALSMITH_WAREHOUSE_MAX_NEW_EVENT_TABLES_PER_BATCH); "
+                f"source {source!r} gets more in later batches"
+            )
+        log.warning(
+            "warehouse: %s: %d new event names got no table; their calls are in tracks "
+            "(event ''), their properties in discards (reason %s)",
+            why,
+            names,
+            reason,
+        )
 
     def _table_holders(self, client: Client, tables: set[str]) -> dict[str, str]:
         holders: dict[str, str] = {}
@@ -550,7 +864,7 @@ class ClickHouseWarehouse:
                 return first_pass.prepared
         # New columns in the order they first appear, with the kinds this batch brings them.
         arriving = {
-            name: [infer(raw)[0] for _, _, raw in values]
+            name: [infer(raw)[0] for _, raw in values]
             for name, values in first_pass.arriving.items()
         }
         widen = list(first_pass.widen)
@@ -582,17 +896,19 @@ class ClickHouseWarehouse:
         # A second pass against the evolved table: what still has no column is over the cap.
         cast_rows = _cast_to_columns(rows, table, self._kinds(table, columns))
         for name in cast_rows.arriving:
-            for row_id, received_at, raw in cast_rows.arriving[name]:
+            for row, raw in cast_rows.arriving[name]:
                 cast_rows.discards.append(
                     Discard(
                         table_name=table,
                         column_name=name,
-                        row_id=row_id,
+                        key_path=row.key_path(name),
+                        row_id=row.row_id,
+                        message_id=row.message_id,
                         value=text_of(raw),
                         value_type=sent_as(raw),
                         column_type="",
                         reason="column_limit",
-                        received_at=received_at,
+                        received_at=row.received_at,
                     )
                 )
         discards += cast_rows.discards
@@ -684,7 +1000,9 @@ class ClickHouseWarehouse:
             [
                 d.table_name,
                 d.column_name,
+                d.key_path,
                 d.row_id,
+                d.message_id,
                 d.value,
                 d.value_type,
                 d.column_type,
@@ -697,7 +1015,8 @@ class ClickHouseWarehouse:
         token = _token(
             DISCARDS_TABLE,
             (
-                f"{d.table_name}\x00{d.column_name}\x00{d.row_id}\x00{d.received_at}\x00{d.value}"
+                f"{d.table_name}\x00{d.column_name}\x00{d.key_path}\x00{d.row_id}\x00"
+                f"{d.message_id}\x00{d.received_at}\x00{d.value}"
                 for d in discards
             ),
         )
@@ -761,8 +1080,8 @@ class _CastRows:
     def __init__(self) -> None:
         self.prepared: list[tuple[Row, dict[str, Any]]] = []
         self.discards: list[Discard] = []
-        # Values with no column yet, by column name: (row id, received_at, value).
-        self.arriving: dict[str, list[tuple[str, datetime, Any]]] = {}
+        # Values with no column yet, by column name: (their row, the value).
+        self.arriving: dict[str, list[tuple[Row, Any]]] = {}
         # Integer columns that met a float, in the order they did.
         self.widen: dict[str, None] = {}
 
@@ -784,7 +1103,7 @@ def _cast_to_columns(rows: list[Row], table: str, columns: ColumnKinds) -> _Cast
                 continue
             kind = kinds.get(name)
             if kind is None:
-                arriving.setdefault(name, []).append((row.row_id, row.received_at, raw))
+                arriving.setdefault(name, []).append((row, raw))
                 continue
             try:
                 value = cast(raw, kind)
@@ -797,7 +1116,9 @@ def _cast_to_columns(rows: list[Row], table: str, columns: ColumnKinds) -> _Cast
                 Discard(
                     table_name=table,
                     column_name=name,
+                    key_path=row.key_path(name),
                     row_id=row.row_id,
+                    message_id=row.message_id,
                     value=text_of(raw),
                     value_type=sent_as(raw),
                     column_type=columns.types[name],
@@ -853,4 +1174,6 @@ def _clickhouse_message(error: BaseException) -> str:
     for marker in ("DB::Exception: ",):
         while marker in text:
             text = text.split(marker, 1)[1]
-    return text.split(" (version ")[0].strip() or type(error).__name__
+    text = text.split(" (version ")[0]
+    # The check's own queries (see readonly.py) quote the query back; its position is enough.
+    return text.split(": In scope SELECT ")[0].strip() or type(error).__name__
