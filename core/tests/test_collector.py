@@ -597,6 +597,210 @@ async def test_a_rejected_single_message_is_still_200(
     assert await stored(redis, settings) == []
 
 
+# --- values past what the buffer and later stages hold --------------------------------------
+
+
+def batch_around(raw_message: bytes, **envelope: Any) -> tuple[bytes, list[dict[str, Any]]]:
+    """A batch body with ``raw_message`` (JSON text) between two good messages."""
+    good = [track(), identify()]
+    items = [json.dumps(good[0]).encode(), raw_message, json.dumps(good[1]).encode()]
+    rest = b"".join(b',"%s":%s' % (k.encode(), json.dumps(v).encode()) for k, v in envelope.items())
+    return b'{"batch":[' + b",".join(items) + b"]" + rest + b"}", good
+
+
+def nested(levels: int) -> str:
+    """JSON text of ``levels`` nested objects and arrays (levels >= 1)."""
+    return '{"a":[' * (levels // 2) + ("{}" if levels % 2 else "[]") + "]}" * (levels // 2)
+
+
+async def post_one_bad_message(
+    client: Client, redis: aioredis.Redis, settings: Settings, raw_message: bytes, **envelope: Any
+) -> tuple[dict[str, Any], list[Any]]:
+    """Post ``raw_message`` between two good ones: the answer is a 200 and both good ones are in
+    Redis. Returns the answer and the stored events."""
+    body, good = batch_around(raw_message, **envelope)
+    answer = ok(await post(client, "/v1/batch", body))
+    events = await stored(redis, settings)
+    stored_ids = [event.message_id for event in events]
+    assert stored_ids[0] == good[0]["messageId"] and stored_ids[-1] == good[1]["messageId"]
+    return answer, events
+
+
+async def test_an_integer_past_64_bits_is_kept_as_a_double(
+    client: Client, redis: aioredis.Redis, settings: Settings
+) -> None:
+    # analytics-python writes Python ints as they are; msgpack holds -2**63 .. 2**64 - 1.
+    values = {"past": 2**64, "below": -(2**63) - 1, "max": 2**64 - 1, "min": -(2**63)}
+    message = track(properties={**values, "list": [2**70, 1]}, context={"n": {"id": 10**30}})
+    answer, (_, event, _) = await post_one_bad_message(
+        client, redis, settings, json.dumps(message).encode()
+    )
+    assert (answer["accepted"], answer["rejected"]) == (3, [])
+    assert event.message_id == message["messageId"]
+    assert event.properties == {
+        "past": 1.8446744073709552e19,
+        "below": -9.223372036854776e18,
+        "max": 2**64 - 1,
+        "min": -(2**63),
+        "list": [1.1805916207174113e21, 1],
+    }
+    assert type(event.properties["past"]) is float and type(event.properties["max"]) is int
+    assert event.context["n"] == {"id": 1e30}
+
+
+@pytest.mark.parametrize(
+    ("number", "where"),
+    [("1" + "0" * 400, "properties.v"), ("1e400", "1e400"), ("-1e999", "-1e999")],
+)
+async def test_a_number_past_a_double_is_rejected_alone(
+    client: Client, redis: aioredis.Redis, settings: Settings, number: str, where: str
+) -> None:
+    message = track()
+    raw = json.dumps(message)[:-1] + f', "properties": {{"v": {number}}}}}'
+    answer, events = await post_one_bad_message(client, redis, settings, raw.encode())
+    (rejected,) = answer["rejected"]
+    assert (rejected["index"], rejected["code"]) == (1, "number_out_of_range")
+    assert where in rejected["message"]
+    assert len(events) == 2
+
+
+async def test_an_integer_too_long_to_read_is_rejected_alone(
+    client: Client, redis: aioredis.Redis, settings: Settings
+) -> None:
+    # Python refuses to read an integer of more than 4,300 digits.
+    raw = json.dumps(track())[:-1] + ', "properties": {"v": 1' + "0" * 5000 + "}}"
+    answer, _ = await post_one_bad_message(client, redis, settings, raw.encode())
+    assert [(r["index"], r["code"]) for r in answer["rejected"]] == [(1, "number_out_of_range")]
+
+
+async def test_a_far_future_timestamp_with_a_current_sent_at_is_kept(
+    client: Client, redis: aioredis.Redis, settings: Settings
+) -> None:
+    # The correction adds the transit time (received - sentAt) to year 9999: past datetime.max.
+    sent_at = iso(datetime.now(UTC) - timedelta(seconds=2))
+    message = track(timestamp="9999-12-31T23:59:59.999Z")
+    answer, (_, event, _) = await post_one_bad_message(
+        client, redis, settings, json.dumps(message).encode(), sentAt=sent_at
+    )
+    assert (answer["accepted"], answer["rejected"]) == (3, [])
+    assert event.original_timestamp == datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC)
+    assert event.timestamp == datetime.max.replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (track(timestamp="0001-01-01T00:00:00Z", sentAt="2999-01-01T00:00:00Z"), datetime.min),
+        (track(timestamp="9999-12-31T23:00:00-05:00"), datetime.max),
+        (track(timestamp="0001-01-01T01:00:00+05:00"), datetime.min),
+        (track(timestamp="9000-01-01T00:00:00Z", sentAt="0001-01-01T00:00:00Z"), datetime.max),
+    ],
+    ids=["ancient-with-sent-at", "offset-past-9999", "offset-before-year-1", "ancient-sent-at"],
+)
+async def test_timestamps_past_what_a_datetime_holds_are_kept_at_its_ends(
+    client: Client, redis: aioredis.Redis, settings: Settings, message: Any, expected: datetime
+) -> None:
+    answer, (_, event, _) = await post_one_bad_message(
+        client, redis, settings, json.dumps(message).encode()
+    )
+    assert (answer["accepted"], answer["rejected"]) == (3, [])
+    assert event.timestamp == expected.replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize("levels", [65, 1_000, 20_000])
+async def test_a_message_nested_too_deep_is_rejected_alone(
+    client: Client, redis: aioredis.Redis, settings: Settings, levels: int
+) -> None:
+    # The message is the first level: its properties then take the other `levels - 1`.
+    message = track()
+    raw = json.dumps(message)[:-1] + f', "properties": {nested(levels - 1)}}}'
+    answer, events = await post_one_bad_message(client, redis, settings, raw.encode())
+    (rejected,) = answer["rejected"]
+    assert (rejected["index"], rejected["code"]) == (1, "nesting_too_deep")
+    assert rejected["messageId"] == message["messageId"]
+    assert "64 levels" in rejected["message"]
+    assert len(events) == 2
+
+
+async def test_a_message_nested_64_levels_is_accepted(
+    client: Client, redis: aioredis.Redis, settings: Settings
+) -> None:
+    message = track()
+    raw = json.dumps(message)[:-1] + f', "properties": {nested(63)}}}'
+    answer, (_, event, _) = await post_one_bad_message(client, redis, settings, raw.encode())
+    assert (answer["accepted"], answer["rejected"]) == (3, [])
+    assert event.properties == json.loads(nested(63))
+
+
+@pytest.mark.parametrize("levels", [65, 2_000])
+async def test_a_single_message_nested_too_deep_is_rejected(
+    client: Client, redis: aioredis.Redis, settings: Settings, levels: int
+) -> None:
+    raw = json.dumps(track())[:-1] + f', "properties": {nested(levels - 1)}}}'
+    body = ok(await post(client, "/v1/track", raw.encode()), accepted=0)
+    assert [(r["index"], r["code"]) for r in body["rejected"]] == [(0, "nesting_too_deep")]
+    assert await stored(redis, settings) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"batch": [%s], "context": %s}' % (json.dumps(track()).encode(), nested(64).encode()),
+        b'{"batch": [%s], "context": %s}' % (json.dumps(track()).encode(), nested(5000).encode()),
+        b'{"batch": %s}' % nested(5000).encode(),
+        nested(5000).encode(),
+    ],
+    ids=["context-64", "context-5000", "batch-5000", "body-5000"],
+)
+async def test_a_body_nested_too_deep_outside_its_messages_is_400(
+    client: Client, redis: aioredis.Redis, settings: Settings, body: bytes
+) -> None:
+    response = await post(client, "/v1/batch", body)
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"code", "message"}
+    assert response.json()["code"] in ("nesting_too_deep", "invalid_json", "invalid_batch")
+    assert await stored(redis, settings) == []
+
+
+# What strict JSON parsers refuse but clients send: each costs nothing but the odd value.
+TOLERATED: list[tuple[str, bytes, Any]] = [
+    # JavaScript's `slice` can cut an emoji in half; JSON.stringify escapes the lone half.
+    ("lone high surrogate", b'"caf\\ud83d"', "caf\ufffd"),
+    ("lone low surrogate", b'"\\ude00!"', "\ufffd!"),
+    ("surrogate pair", b'"\\ud83d\\ude00"', "\U0001f600"),
+    ("escaped backslash then text", b'"\\\\ud800"', "\\ud800"),
+    ("high then escaped backslash", b'"\\ud83d\\\\ude00"', "\ufffd\\ude00"),
+    ("bytes that are not UTF-8", b'"\xffcaf\xc3"', "\ufffdcaf\ufffd"),
+    # Python's json.dumps writes these for float('nan') and float('inf').
+    ("NaN", b"NaN", None),
+    ("Infinity", b'[Infinity, -Infinity, "NaN"]', [None, None, "NaN"]),
+]
+
+
+@pytest.mark.parametrize(("what", "value", "expected"), TOLERATED, ids=[t[0] for t in TOLERATED])
+async def test_text_strict_parsers_refuse_is_read(
+    client: Client,
+    redis: aioredis.Redis,
+    settings: Settings,
+    what: str,
+    value: bytes,
+    expected: Any,
+) -> None:
+    def with_value() -> bytes:
+        return json.dumps(track())[:-1].encode() + b', "properties": {"v": ' + value + b"}}"
+
+    answer, (_, event, _) = await post_one_bad_message(client, redis, settings, with_value())
+    assert (answer["accepted"], answer["rejected"]) == (3, [])
+    assert event.properties == {"v": expected}
+    # The same in a single message, and in the batch's own context.
+    ok(await post(client, "/v1/track", with_value()), accepted=1)
+    envelope = b'{"batch": [%s], "context": {"v": %s}}' % (json.dumps(track()).encode(), value)
+    ok(await post(client, "/v1/batch", envelope), accepted=1)
+    *_, single, in_batch = await stored(redis, settings)
+    assert single.properties == {"v": expected}
+    assert in_batch.context["v"] == expected
+
+
 # --- normalisation as stored ----------------------------------------------------------------
 
 
