@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import brotli
 import msgspec
 import pytest
 import redis.asyncio as aioredis
@@ -24,7 +25,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from signalsmith import hookimpl
-from signalsmith.app import BodyTooLarge, create_app, read_body
+from signalsmith.app import BodyIncomplete, BodyTooLarge, create_app, read_body
 from signalsmith.config import Settings
 from signalsmith.model import (
     EVENT_CLASSES,
@@ -213,6 +214,14 @@ async def test_ingest_paths_accept_only_post(client: Client) -> None:
     error(response, 405, "method_not_allowed")
 
 
+async def test_other_routes_answer_errors_as_json(client: Client) -> None:
+    response = await client.put("/healthz")
+    error(response, 405, "method_not_allowed")
+    assert "GET" in response.headers["allow"]
+    error(await client.post("/api/v1/plugins"), 405, "method_not_allowed")
+    error(await client.get("/v1/nowhere"), 404, "not_found")
+
+
 async def test_browser_settings(client: Client) -> None:
     response = await client.get(
         f"/v1/projects/{KEY}/settings", headers={"Host": "collect.example.com:8443"}
@@ -330,14 +339,73 @@ async def test_body_is_json_whatever_the_content_type(
     assert [e.message_id for e in await stored(redis, settings)] == [message["messageId"]]
 
 
-async def test_gzip_body(client: Client, redis: aioredis.Redis, settings: Settings) -> None:
+def raw_deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+# Content-Encoding -> how a client encodes a body with it.
+ENCODINGS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress,
+    "x-gzip": gzip.compress,
+    "deflate": zlib.compress,  # zlib-wrapped, as RFC 9110 says
+    "deflate (raw)": raw_deflate,  # as some clients send it
+    "br": brotli.compress,
+}
+
+
+def encoding_header(name: str) -> str:
+    return name.split()[0]
+
+
+@pytest.mark.parametrize("name", list(ENCODINGS))
+async def test_encoded_body(
+    client: Client, redis: aioredis.Redis, settings: Settings, name: str
+) -> None:
     messages = [track(), identify()]
-    body = gzip.compress(json.dumps({"batch": messages}).encode())
-    headers = {**AUTH, "Content-Encoding": "gzip"}
+    body = ENCODINGS[name](json.dumps({"batch": messages}).encode())
+    headers = {**AUTH, "Content-Encoding": encoding_header(name).upper()}
     ok(await post(client, "/v1/batch", body, headers=headers), accepted=2)
     assert [e.message_id for e in await stored(redis, settings)] == [
         m["messageId"] for m in messages
     ]
+
+
+@pytest.mark.parametrize("header", ["identity", "", " Identity ", "gzip, identity"])
+async def test_identity_is_no_encoding(client: Client, header: str) -> None:
+    plain = json.dumps(track()).encode()
+    body = gzip.compress(plain) if "gzip" in header else plain
+    headers = {**AUTH, "Content-Encoding": header}
+    ok(await post(client, "/v1/track", body, headers=headers), accepted=1)
+
+
+@pytest.mark.parametrize("header", ["zstd", "compress", "gzip, br", "br;q=1", "aes128gcm"])
+async def test_an_unsupported_encoding_is_415(
+    client: Client, redis: aioredis.Redis, settings: Settings, header: str
+) -> None:
+    body = gzip.compress(json.dumps(track()).encode())
+    headers = {**AUTH, "Content-Encoding": header}
+    response = await post(client, "/v1/track", body, headers=headers)
+    answer = error(response, 415, "unsupported_encoding")
+    assert "gzip, deflate, br" in answer["message"]
+    # RFC 9110 15.5.16: a 415 for a content coding says which ones are accepted.
+    assert response.headers["accept-encoding"] == "gzip, deflate, br"
+    assert await stored(redis, settings) == []
+
+
+async def test_a_gzip_body_of_several_members_is_read_whole(
+    client: Client, redis: aioredis.Redis, settings: Settings
+) -> None:
+    # `gzip -c head; gzip -c tail` (RFC 1952 2.2): the JSON is split across the members.
+    messages = [track(), page(), identify()]
+    plain = json.dumps({"batch": messages}).encode()
+    body = b"".join(gzip.compress(part) for part in split(plain, len(plain) // 3 + 1))
+    headers = {**AUTH, "Content-Encoding": "gzip"}
+    ok(await post(client, "/v1/batch", body, headers=headers), accepted=3)
+    # NUL bytes after the last member are padding, as gzip(1) reads them.
+    padded_body = gzip.compress(json.dumps(track()).encode()) + bytes(9)
+    ok(await post(client, "/v1/track", padded_body, headers=headers), accepted=1)
+    assert len(await stored(redis, settings)) == 4
 
 
 def receive_chunks(chunks: list[bytes]) -> Callable[[], Any]:
@@ -357,49 +425,115 @@ def split(body: bytes, size: int) -> list[bytes]:
     return [body[start : start + size] for start in range(0, len(body), size)] or [b""]
 
 
-async def test_read_body_of_a_chunked_gzip_upload() -> None:
+@pytest.mark.parametrize("name", list(ENCODINGS))
+async def test_read_body_of_a_chunked_upload(name: str) -> None:
     """Classic Android streams gzip without a Content-Length: the body arrives in pieces."""
     plain = json.dumps({"batch": [screen(), track()]}).encode()
-    body = await read_body(
-        receive_chunks(split(gzip.compress(plain), 64)), limit=500 * 1024, gzipped=True
-    )
-    assert body == plain
-    body = await read_body(receive_chunks(split(plain, 7)), limit=len(plain), gzipped=False)
+    once = ENCODINGS[name](plain)
+    # For gzip, two members end to end: one body.
+    encoded, expected = (once * 2, plain * 2) if "gzip" in name else (once, plain)
+    encoding = "gzip" if "gzip" in name else encoding_header(name)
+    for size in (64, 1):
+        body = await read_body(
+            receive_chunks(split(encoded, size)), limit=500 * 1024, encoding=encoding
+        )
+        assert body == expected
+    body = await read_body(receive_chunks(split(plain, 7)), limit=len(plain))
     assert body == plain
     with pytest.raises(BodyTooLarge):
-        await read_body(receive_chunks(split(plain, 7)), limit=len(plain) - 1, gzipped=False)
+        await read_body(receive_chunks(split(plain, 7)), limit=len(plain) - 1)
 
 
-async def test_read_body_stops_inflating_at_the_limit() -> None:
+def bomb(name: str, inflated: int) -> bytes:
+    """``inflated`` zero bytes encoded, without ever holding them in memory at once."""
+    block = bytes(1 << 20)
+    if name == "br":
+        brotli_compressor = brotli.Compressor()
+        parts = [brotli_compressor.process(block) for _ in range(inflated // len(block))]
+        return b"".join(parts) + brotli_compressor.finish()
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(name, -zlib.MAX_WBITS)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    parts = [compressor.compress(block) for _ in range(inflated // len(block))]
+    parts.append(compressor.flush())
+    return b"".join(parts)
+
+
+def gzip_bomb(inflated: int) -> bytes:
+    return bomb("gzip", inflated)
+
+
+@pytest.mark.parametrize("name", ["gzip", "deflate", "deflate (raw)", "br"])
+async def test_read_body_stops_inflating_at_the_limit(name: str) -> None:
     limit = 500 * 1024
-    bomb = gzip_bomb(20 * (1 << 20))
-    for size in (len(bomb), 1024, 7):
-        receive = receive_chunks(split(bomb, size))
+    encoded = bomb(name, 20 * (1 << 20))
+    if name == "gzip":  # a second member must not get past the limit either
+        encoded = gzip.compress(bytes(limit - 10)) + encoded
+    for size in (len(encoded), 1024, 7):
+        receive = receive_chunks(split(encoded, size))
         tracemalloc.start()
         try:
             with pytest.raises(BodyTooLarge):
-                await read_body(receive, limit=limit, gzipped=True)
+                await read_body(receive, limit=limit, encoding=encoding_header(name))
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
         assert peak < 4 * limit, f"peak {peak} bytes inflating a bomb sent in {size}-byte chunks"
 
 
+_TRACK = json.dumps(track()).encode()
+INVALID_ENCODED: dict[str, tuple[str, bytes]] = {
+    "gzip-garbage": ("gzip", b"this is not gzip"),
+    "gzip-plain-json": ("gzip", _TRACK),
+    "gzip-truncated": ("gzip", gzip.compress(_TRACK)[:-12]),
+    "gzip-trailing-garbage": ("gzip", gzip.compress(_TRACK) + b"trailing garbage"),
+    "gzip-data-after-padding": ("gzip", gzip.compress(_TRACK) + bytes(4) + b"\x1f"),
+    "gzip-empty": ("gzip", b""),
+    "deflate-garbage": ("deflate", b"this is not deflate"),
+    "deflate-truncated": ("deflate", zlib.compress(_TRACK)[:-6]),
+    "deflate-trailing-garbage": ("deflate", zlib.compress(_TRACK) + b"trailing garbage"),
+    "deflate-empty": ("deflate", b""),
+    "br-garbage": ("br", b"this is not brotli"),
+    "br-truncated": ("br", brotli.compress(_TRACK)[:-3]),
+    "br-trailing-garbage": ("br", brotli.compress(_TRACK) + b"trailing garbage"),
+    "br-empty": ("br", b""),
+}
+
+
 @pytest.mark.parametrize(
-    "body",
-    [
-        b"this is not gzip",
-        json.dumps(track()).encode(),
-        gzip.compress(json.dumps(track()).encode())[:-12],  # truncated
-    ],
-    ids=["garbage", "plain-json", "truncated"],
+    ("encoding", "body"), list(INVALID_ENCODED.values()), ids=list(INVALID_ENCODED)
 )
-async def test_invalid_gzip_is_400(
-    client: Client, redis: aioredis.Redis, settings: Settings, body: bytes
+async def test_a_body_that_is_not_its_encoding_is_400(
+    client: Client, redis: aioredis.Redis, settings: Settings, encoding: str, body: bytes
 ) -> None:
-    headers = {**AUTH, "Content-Encoding": "gzip"}
-    error(await post(client, "/v1/track", body, headers=headers), 400, "invalid_gzip")
+    headers = {**AUTH, "Content-Encoding": encoding}
+    response = await post(client, "/v1/track", body, headers=headers)
+    answer = error(response, 400, f"invalid_{encoding}")
+    assert encoding in answer["message"]
     assert await stored(redis, settings) == []
+
+
+async def test_read_body_of_a_body_cut_short_is_incomplete() -> None:
+    receive = receive_chunks([b'{"type": "tr'])
+
+    async def then_disconnect() -> dict[str, Any]:
+        message = await receive()
+        return {**message, "more_body": True} if message["type"] == "http.request" else message
+
+    with pytest.raises(BodyIncomplete):
+        await read_body(then_disconnect, limit=1024)
+
+
+@pytest.mark.parametrize("path", ["/v1/track", "/v1/batch"])
+async def test_a_utf8_byte_order_mark_is_skipped(
+    client: Client, redis: aioredis.Redis, settings: Settings, path: str
+) -> None:
+    # What PowerShell's Out-File and Windows Notepad write before a JSON document.
+    message = track()
+    body = json.dumps(message if path == "/v1/track" else {"batch": [message]}).encode()
+    ok(await post(client, path, b"\xef\xbb\xbf" + body), accepted=1)
+    headers = {**AUTH, "Content-Encoding": "gzip"}
+    ok(await post(client, path, gzip.compress(b"\xef\xbb\xbf" + body), headers=headers))
+    assert [e.message_id for e in await stored(redis, settings)] == [message["messageId"]]
 
 
 @pytest.mark.parametrize(
@@ -460,15 +594,6 @@ async def test_request_just_under_500kb_is_accepted(
     assert 475_000 < len(body) <= settings.max_request_bytes
     ok(await post(client, "/v1/batch", body), accepted=16)
     assert len(await stored(redis, settings)) == 16
-
-
-def gzip_bomb(inflated: int) -> bytes:
-    """``inflated`` zero bytes, gzip-compressed without ever holding them in memory at once."""
-    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    block = bytes(1 << 20)
-    parts = [compressor.compress(block) for _ in range(inflated // len(block))]
-    parts.append(compressor.flush())
-    return b"".join(parts)
 
 
 async def test_gzip_bomb_is_413_without_being_inflated(

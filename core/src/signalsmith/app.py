@@ -2,8 +2,9 @@
 
 Ingestion routes are raw ASGI handlers: they read the body straight from the ASGI channel
 (Litestar's body handling costs 60-80 µs a request, more than the rest of the pipeline), apply
-the size limits while reading and while inflating gzip, and answer CORS themselves. Everything
-else (health, readiness, plugins, browser settings, plugin routes) is ordinary Litestar.
+the size limits while reading and while decoding its Content-Encoding, and
+answer CORS themselves. Everything else (health, readiness, plugins, browser settings, plugin
+routes) is ordinary Litestar.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import logging
 import zlib
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
+import brotli
 import msgspec
 import pluggy
 from litestar import Litestar, Request, Response, Router, get
@@ -102,45 +104,179 @@ class BodyTooLarge(Exception):
         self.limit = limit
 
 
-async def read_body(receive: Receive, *, limit: int, gzipped: bool) -> bytes:
-    """The request body, inflated if gzipped, refused as soon as it passes ``limit`` bytes.
+class BodyIncomplete(Exception):
+    """The body ended before it was whole: the client went away, or its chunked framing broke.
 
-    A gzip bomb is never inflated past the limit: the decompressor is asked for at most
+    Granian says both the same way (``http.disconnect``).
+    """
+
+
+class BadEncoding(Exception):
+    """The body is not what its Content-Encoding says."""
+
+    def __init__(self, encoding: str, detail: str) -> None:
+        super().__init__(detail)
+        self.encoding = encoding
+        self.detail = detail
+
+
+class _Decoder(Protocol):
+    def decode(self, data: bytes, room: int) -> bytes:
+        """The output of ``data``: all of it, or (about) ``room`` bytes when there is more."""
+        ...
+
+    def finish(self) -> None:
+        """Raise when the encoded data ended before its end."""
+        ...
+
+
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+
+
+class _Gzip:
+    """gzip with every member: RFC 1952 lets a body be members end to end (``gzip -c a;
+    gzip -c b``). NUL bytes after the last are padding, as gzip(1) reads them; anything else
+    after it is an error, not silently dropped."""
+
+    def __init__(self) -> None:
+        self._member: Any = zlib.decompressobj(_GZIP_WBITS)
+        self._padded = False
+
+    def decode(self, data: bytes, room: int) -> bytes:
+        pieces: list[bytes] = []
+        # `decompress(data, 0)` would mean no limit: stop once the room is used up.
+        while data and room > 0:
+            member = self._member
+            if member is None:  # between members: another member, or the NUL padding
+                if data[0] == 0:
+                    self._padded = True
+                    data = data.lstrip(b"\x00")
+                    continue
+                if self._padded:
+                    raise zlib.error("data after the NUL bytes that pad the end of the gzip body")
+                member = self._member = zlib.decompressobj(_GZIP_WBITS)
+            out = member.decompress(data, room)
+            pieces.append(out)
+            room -= len(out)
+            if member.eof:
+                data = member.unused_data
+                self._member = None
+            else:
+                data = member.unconsumed_tail
+        return b"".join(pieces)
+
+    def finish(self) -> None:
+        if self._member is not None:
+            raise zlib.error("the gzip data ends early (truncated, or not gzip)")
+
+
+def _zlib_header(head: bytes) -> bool:
+    """Whether ``head`` starts a zlib stream (RFC 1950): deflate, a window, a valid check."""
+    return head[0] & 0x0F == 8 and head[0] >> 4 <= 7 and (head[0] << 8 | head[1]) % 31 == 0
+
+
+class _Deflate:
+    """deflate: zlib-wrapped as RFC 9110 says, or raw deflate, as some clients send it (and
+    browsers and curl accept). A raw stream cannot start like a zlib header."""
+
+    def __init__(self) -> None:
+        self._inflater: Any = None
+        self._head = b""
+
+    def decode(self, data: bytes, room: int) -> bytes:
+        inflater = self._inflater
+        if inflater is None:
+            data = self._head + data
+            if len(data) < 2:
+                self._head = data
+                return b""
+            wbits = zlib.MAX_WBITS if _zlib_header(data) else -zlib.MAX_WBITS
+            inflater = self._inflater = zlib.decompressobj(wbits)
+        out = inflater.decompress(data, room)
+        if inflater.unused_data:
+            raise zlib.error("data after the end of the deflate stream")
+        return out
+
+    def finish(self) -> None:
+        if self._inflater is None or not self._inflater.eof:
+            raise zlib.error("the deflate data ends early (truncated, or not deflate)")
+
+
+class _Brotli:
+    def __init__(self) -> None:
+        self._decompressor = brotli.Decompressor()
+
+    def decode(self, data: bytes, room: int) -> bytes:
+        decompressor = self._decompressor
+        pieces = [decompressor.process(data, output_buffer_limit=room)]
+        room -= len(pieces[0])
+        # Output held back by the limit comes out of further calls with no input.
+        while room > 0 and not decompressor.can_accept_more_data():
+            more = decompressor.process(b"", output_buffer_limit=room)
+            if not more:
+                break
+            pieces.append(more)
+            room -= len(more)
+        return b"".join(pieces)
+
+    def finish(self) -> None:
+        if not self._decompressor.is_finished():
+            raise brotli.error("the brotli data ends early (truncated, or not brotli)")
+
+
+DECODERS: dict[str, Callable[[], _Decoder]] = {"gzip": _Gzip, "deflate": _Deflate, "br": _Brotli}
+SUPPORTED_ENCODINGS = ", ".join(DECODERS)
+
+
+def content_coding(value: bytes | None) -> str | None:
+    """The coding a Content-Encoding header names: ``identity`` for none, None if unsupported.
+
+    One coding at most (no client stacks them); ``x-gzip`` is gzip (RFC 9110).
+    """
+    if value is None:
+        return "identity"
+    names = [name.strip() for name in value.decode("latin-1").lower().split(",")]
+    names = [name for name in names if name and name != "identity"]
+    if not names:
+        return "identity"
+    if len(names) > 1:
+        return None
+    name = "gzip" if names[0] == "x-gzip" else names[0]
+    return name if name in DECODERS else None
+
+
+async def read_body(receive: Receive, *, limit: int, encoding: str = "identity") -> bytes:
+    """The request body, decoded from ``encoding``, refused as soon as it passes ``limit`` bytes.
+
+    A decompression bomb is never inflated past the limit: the decoder is asked for at most
     ``limit + 1`` bytes at a time.
     """
+    decoder = None if encoding == "identity" else DECODERS[encoding]()
     chunks: list[bytes] = []
     size = 0
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ConnectionError("client disconnected before sending the whole body")
+            raise BodyIncomplete()
         chunk = message.get("body", b"")
         if chunk:
-            if inflater is None:
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge(limit)
+            if decoder is not None:
+                try:
+                    chunk = decoder.decode(chunk, limit + 1 - size)
+                except (zlib.error, brotli.error) as error:
+                    raise BadEncoding(encoding, str(error)) from None
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            if chunk:
                 chunks.append(chunk)
-            else:
-                data = chunk
-                while data:
-                    out = inflater.decompress(data, limit + 1 - size)
-                    size += len(out)
-                    if size > limit:
-                        raise BodyTooLarge(limit)
-                    chunks.append(out)
-                    data = inflater.unconsumed_tail
         if not message.get("more_body", False):
             break
-    if inflater is not None:
-        tail = inflater.flush()
-        size += len(tail)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(tail)
-        if not inflater.eof:
-            raise zlib.error("truncated gzip body")
+    if decoder is not None:
+        try:
+            decoder.finish()
+        except (zlib.error, brotli.error) as error:
+            raise BadEncoding(encoding, str(error)) from None
     return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
@@ -169,6 +305,9 @@ def _cors_headers(origin: bytes | None) -> list[tuple[bytes, bytes]]:
         (b"access-control-expose-headers", CORS_EXPOSED_HEADERS.encode()),
         (b"vary", b"Origin"),
     ]
+
+
+_CLOSE = (b"connection", b"close")
 
 
 async def _send_json(
@@ -233,9 +372,22 @@ def make_ingest_handler(state: CollectorState) -> Callable[[Scope, Receive, Send
         route = INGEST_ROUTES[path]
         settings = state.runtime.settings
         limit = settings.max_request_bytes
-        gzipped = (_header(scope, b"content-encoding") or b"").strip().lower() == b"gzip"
+        encoding = content_coding(_header(scope, b"content-encoding"))
+        if encoding is None:
+            named = (_header(scope, b"content-encoding") or b"").decode("latin-1")
+            await _send_json(
+                send,
+                415,
+                _error_bytes(
+                    "unsupported_encoding",
+                    f"Content-Encoding {named!r} is not supported: send the body as it is, or "
+                    f"with one of {SUPPORTED_ENCODINGS}",
+                ),
+                [*cors, (b"accept-encoding", SUPPORTED_ENCODINGS.encode()), _CLOSE],
+            )
+            return
         try:
-            body = await read_body(receive, limit=limit, gzipped=gzipped)
+            body = await read_body(receive, limit=limit, encoding=encoding)
         except BodyTooLarge:
             await _send_json(
                 send,
@@ -248,17 +400,30 @@ def make_ingest_handler(state: CollectorState) -> Callable[[Scope, Receive, Send
                 cors,
             )
             return
-        except zlib.error as error:
+        except BadEncoding as error:
             await _send_json(
                 send,
                 400,
                 _error_bytes(
-                    "invalid_gzip", f"Content-Encoding is gzip but the body is not: {error}"
+                    f"invalid_{error.encoding}",
+                    f"Content-Encoding is {error.encoding} but the body is not: {error.detail}",
                 ),
                 cors,
             )
             return
-        except ConnectionError:
+        except BodyIncomplete:
+            # Read by no one if the client went away; a client whose chunked framing broke
+            # learns why (Granian would otherwise answer a bare 500).
+            await _send_json(
+                send,
+                400,
+                _error_bytes(
+                    "incomplete_body",
+                    "the request body ended before it was whole (connection closed, or a "
+                    "malformed chunked encoding)",
+                ),
+                [*cors, _CLOSE],
+            )
             return
         client = scope.get("client")
         answer: Answer = await state.pipeline.ingest(

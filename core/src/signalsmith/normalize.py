@@ -70,6 +70,7 @@ class _BatchEnvelope(msgspec.Struct):
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _batch_envelope_decoder = msgspec.json.Decoder(_BatchEnvelope)
 _batch_items_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class ParsedRequest(msgspec.Struct, kw_only=True):
@@ -95,6 +96,8 @@ def parse_request(
     ``batch`` is True for batch endpoints (the body must hold ``batch: [...]``), False for
     single-message endpoints, None where either shape is accepted (`/api/v1/events`).
     """
+    if body.startswith(_UTF8_BOM):  # Windows tools write one; JSON readers skip it
+        body = body[len(_UTF8_BOM) :]
     try:
         return _parse_shape(
             body, batch=batch, max_messages=max_messages, max_message_bytes=max_message_bytes
