@@ -1,7 +1,7 @@
 """HTTP at its edges, against a real `signalsmith serve` (Granian) over raw sockets.
 
-Broken chunked framing, unsupported encodings, and the errors Granian answers itself before the
-app sees the request.
+Bodies that are announced and never sent or trickled, headers trickled, broken chunked framing,
+and the errors Granian answers itself before the app sees the request.
 """
 
 from __future__ import annotations
@@ -13,11 +13,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
+import redis as sync_redis
+
+from signalsmith.testing import track
+from signalsmith.testing.stream import read_events_sync
 
 if TYPE_CHECKING:
     from conftest import Collector
 
-# Reaching it means the server never answered.
+BODY_TIMEOUT = 1.0
+HEADER_TIMEOUT = 2.0
+# Far past both timeouts: reaching it means the server never gave up on the client.
 PATIENCE = 20.0
 
 
@@ -29,6 +35,10 @@ def edge_collector(
         redis_url=redis_url,
         key_prefix=key_prefix,
         write_keys={write_key: "src-edges"},
+        extra_env={
+            "SIGNALSMITH_BODY_READ_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
+            "SIGNALSMITH_HEADER_READ_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
+        },
     )
 
 
@@ -93,6 +103,58 @@ def request_head(path: str, write_key: str, **headers: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+def stored(redis_url: str, key_prefix: str) -> list[str]:
+    client = sync_redis.Redis.from_url(redis_url)
+    try:
+        return [event.message_id for event in read_events_sync(client, key_prefix)]
+    finally:
+        client.close()
+
+
+def test_a_body_announced_and_never_sent_is_408(edge_collector: Collector, write_key: str) -> None:
+    with connect(edge_collector) as conn:
+        conn.sendall(request_head("/v1/track", write_key, Content_Length="100"))
+        answer = read_answer(conn)
+    assert answer.status == 408
+    assert answer.json()["code"] == "request_timeout"
+    assert answer.closed
+
+
+def test_a_trickled_body_is_refused(
+    edge_collector: Collector, write_key: str, redis_url: str, key_prefix: str
+) -> None:
+    message = track()
+    body = json.dumps(message).encode()
+    with connect(edge_collector) as conn:
+        conn.sendall(request_head("/v1/track", write_key, Content_Length=str(len(body))))
+        conn.settimeout(0.2)
+        sent = 0
+        try:
+            # A byte every 0.2 s: the whole body would take two minutes.
+            while sent < len(body):
+                conn.sendall(body[sent : sent + 1])
+                sent += 1
+                try:
+                    if conn.recv(1, socket.MSG_PEEK):
+                        break  # the server answered before the body was whole
+                except TimeoutError:
+                    pass
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = read_answer(conn)
+    assert sent < len(body)
+    assert answer.status == 408
+    assert answer.json()["code"] == "request_timeout"
+    assert message["messageId"] not in stored(redis_url, key_prefix)
+
+
+def test_headers_trickled_are_cut_off(edge_collector: Collector) -> None:
+    with connect(edge_collector) as conn:
+        conn.sendall(b"POST /v1/track HTTP/1.1\r\nHost: collector\r\n")
+        answer = read_answer(conn)  # fails unless the server closes the connection in time
+    assert answer.closed and answer.raw == b""
+
+
 def test_a_body_with_broken_chunked_framing_is_400_json(
     edge_collector: Collector, write_key: str
 ) -> None:
@@ -115,6 +177,21 @@ def test_an_unsupported_encoding_is_415_json(edge_collector: Collector, write_ke
     assert answer.status == 415
     assert answer.json()["code"] == "unsupported_encoding"
     assert answer.headers["accept-encoding"] == "gzip, deflate, br"
+
+
+def test_a_request_after_a_408_needs_a_new_connection(
+    edge_collector: Collector, write_key: str, redis_url: str, key_prefix: str
+) -> None:
+    with connect(edge_collector) as conn:
+        conn.sendall(request_head("/v1/track", write_key, Content_Length="100"))
+        assert read_answer(conn).status == 408
+    message = track()
+    body = json.dumps(message).encode()
+    with connect(edge_collector) as conn:
+        conn.sendall(request_head("/v1/track", write_key, Content_Length=str(len(body))) + body)
+        answer = read_answer(conn)
+    assert answer.status == 200, answer.raw
+    assert message["messageId"] in stored(redis_url, key_prefix)
 
 
 # Granian's HTTP/1 parser (hyper) answers these itself, before the application exists for the

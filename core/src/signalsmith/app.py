@@ -2,7 +2,7 @@
 
 Ingestion routes are raw ASGI handlers: they read the body straight from the ASGI channel
 (Litestar's body handling costs 60-80 µs a request, more than the rest of the pipeline), apply
-the size limits while reading and while decoding its Content-Encoding, and
+the size limits and the read timeout while reading and while decoding its Content-Encoding, and
 answer CORS themselves. Everything else (health, readiness, plugins, browser settings, plugin
 routes) is ordinary Litestar.
 """
@@ -331,6 +331,14 @@ def _error_bytes(code: str, message: str) -> bytes:
     return _json_encoder.encode(ErrorBody(code=code, message=message))
 
 
+def _timeout_error(timeout: float) -> bytes:
+    return _error_bytes(
+        "request_timeout",
+        f"the request body did not arrive within {timeout:g} s; send it at once "
+        "(SIGNALSMITH_BODY_READ_TIMEOUT_SECONDS sets the limit)",
+    )
+
+
 def make_ingest_handler(state: CollectorState) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """The raw ASGI handler behind every ingestion path."""
 
@@ -364,13 +372,19 @@ def make_ingest_handler(state: CollectorState) -> Callable[[Scope, Receive, Send
                 [*cors, (b"allow", b"POST, OPTIONS")],
             )
             return
+        settings = state.runtime.settings
+        timeout = settings.body_read_timeout_seconds
         if path == METRICS_PATH:
             # Browser telemetry: accepted and discarded, so analytics-next stops retrying it.
-            await _drain(receive)
+            try:
+                async with asyncio.timeout(timeout):
+                    await _drain(receive)
+            except TimeoutError:
+                await _send_json(send, 408, _timeout_error(timeout), [*cors, _CLOSE])
+                return
             await _send_json(send, 200, b'{"success":true}', cors)
             return
         route = INGEST_ROUTES[path]
-        settings = state.runtime.settings
         limit = settings.max_request_bytes
         encoding = content_coding(_header(scope, b"content-encoding"))
         if encoding is None:
@@ -387,7 +401,9 @@ def make_ingest_handler(state: CollectorState) -> Callable[[Scope, Receive, Send
             )
             return
         try:
-            body = await read_body(receive, limit=limit, encoding=encoding)
+            # A client announcing a body it trickles, or never sends, must not hold a connection.
+            async with asyncio.timeout(timeout):
+                body = await read_body(receive, limit=limit, encoding=encoding)
         except BodyTooLarge:
             await _send_json(
                 send,
@@ -410,6 +426,10 @@ def make_ingest_handler(state: CollectorState) -> Callable[[Scope, Receive, Send
                 ),
                 cors,
             )
+            return
+        except TimeoutError:
+            # The rest of the body may still come: the connection cannot carry another request.
+            await _send_json(send, 408, _timeout_error(timeout), [*cors, _CLOSE])
             return
         except BodyIncomplete:
             # Read by no one if the client went away; a client whose chunked framing broke
