@@ -7,6 +7,7 @@ captured from the real Segment clients.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import json
@@ -25,7 +26,14 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from signalsmith import hookimpl
-from signalsmith.app import BodyIncomplete, BodyTooLarge, create_app, read_body
+from signalsmith.app import (
+    BodyIncomplete,
+    BodyTimeout,
+    BodyTooLarge,
+    ReadDeadlines,
+    create_app,
+    read_body,
+)
 from signalsmith.config import Settings
 from signalsmith.model import (
     EVENT_CLASSES,
@@ -510,6 +518,30 @@ async def test_a_body_that_is_not_its_encoding_is_400(
     answer = error(response, 400, f"invalid_{encoding}")
     assert encoding in answer["message"]
     assert await stored(redis, settings) == []
+
+
+async def test_a_read_past_its_deadline_is_cut_off() -> None:
+    deadlines = ReadDeadlines(0.05)
+    never = asyncio.Event()
+    try:
+        assert await deadlines.within(asyncio.sleep(0, "quick")) == "quick"
+        with pytest.raises(BodyTimeout):
+            await deadlines.within(never.wait())
+        # The task is not left cancelling: it goes on awaiting as usual.
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+        assert await deadlines.within(asyncio.sleep(0.01, "after")) == "after"
+    finally:
+        deadlines.close()
+
+
+async def test_a_read_cancelled_from_outside_stays_cancelled() -> None:
+    deadlines = ReadDeadlines(10)
+    reading = asyncio.create_task(deadlines.within(asyncio.Event().wait()))
+    await asyncio.sleep(0.01)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    deadlines.close()
 
 
 async def test_read_body_of_a_body_cut_short_is_incomplete() -> None:
