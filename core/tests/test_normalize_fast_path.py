@@ -112,6 +112,7 @@ MESSAGES: list[dict[str, Any]] = [
     track(properties=nested(7)),
     track(properties=nested(8)),
     track(context=nested(7), integrations=nested(7)),
+    track(writeKey=nested(2), receivedAt=[nested(4)], projectId=nested(70)),
     identify(traits=nested(30)),
     track(_metadata=nested(63)),
     track(properties=nested(64)),

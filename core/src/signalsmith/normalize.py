@@ -16,6 +16,7 @@ import msgspec
 from signalsmith.json_input import (
     MAX_NESTING_DEPTH,
     JsonField,
+    JsonIgnored,
     JsonProblem,
     decode_json,
     repaired_json,
@@ -437,9 +438,9 @@ class _WireMessage(msgspec.Struct, forbid_unknown_fields=True):
     previousId: str | msgspec.UnsetType | None = msgspec.UNSET
     metadata: JsonField | msgspec.UnsetType = msgspec.field(default=msgspec.UNSET, name="_metadata")
     # Transport and server keys: accepted and never kept (TRANSPORT_KEYS, SERVER_KEYS).
-    writeKey: JsonField = None
-    receivedAt: JsonField = None
-    projectId: JsonField = None
+    writeKey: JsonIgnored = None
+    receivedAt: JsonIgnored = None
+    projectId: JsonIgnored = None
 
 
 _wire_decoder = msgspec.json.Decoder(_WireMessage)
