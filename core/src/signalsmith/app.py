@@ -208,6 +208,8 @@ class _Deflate:
 
 
 class _Brotli:
+    """br (RFC 7932); brotli 1.2's decompressor can bound the output of each call."""
+
     def __init__(self) -> None:
         self._decompressor = brotli.Decompressor()
 
