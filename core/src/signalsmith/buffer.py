@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from signalsmith.autopipeline import AutoPipelineRedis
-from signalsmith.model import Event, event_list_encoder
+from signalsmith.model import Event, encode_events
 
 log = logging.getLogger("signalsmith.buffer")
 
@@ -197,7 +197,7 @@ class EventBuffer:
             self._dedupe_ttl,
             self._seen_prefix,
             source_id,
-            event_list_encoder.encode(events),
+            encode_events(events),
             len(events),
             _ids_encoder.encode([event.message_id for event in events]),
         ]
