@@ -127,3 +127,22 @@ def test_a_dedupe_ttl_under_a_second_is_refused_at_startup() -> None:
     with pytest.raises(msgspec.ValidationError, match="dedupe_ttl_seconds"):
         Settings.from_env({"SIGNALSMITH_DEDUPE_TTL_SECONDS": "0"})
     assert Settings.from_env({"SIGNALSMITH_DEDUPE_TTL_SECONDS": "1"}).dedupe_ttl_seconds == 1
+
+
+async def test_an_integer_a_plugin_made_past_64_bits_is_stored_as_a_double(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    # Normalisation fits every client's number; a transform may still compute a bigger one.
+    plain, big = _events("plain", "big")
+    big.properties["hash"] = 2**127
+    big.context["nested"] = [{"n": -(2**70)}]
+    buffer = _buffer(redis, key_prefix)
+    try:
+        assert await buffer.append("src", [plain, big]) == []
+    finally:
+        await buffer.close()
+    ((_, fields),) = await redis.xrange(stream_key(key_prefix))
+    stored_plain, stored_big = event_list_decoder.decode(fields[b"d"])
+    assert stored_plain == plain
+    assert stored_big.properties == {"hash": float(2**127)}
+    assert stored_big.context == {"nested": [{"n": float(-(2**70))}]}

@@ -7,6 +7,7 @@ captured from the real Segment clients.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import json
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import brotli
 import msgspec
 import pytest
 import redis.asyncio as aioredis
@@ -24,7 +26,14 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from signalsmith import hookimpl
-from signalsmith.app import BodyTooLarge, create_app, read_body
+from signalsmith.app import (
+    BodyIncomplete,
+    BodyTimeout,
+    BodyTooLarge,
+    ReadDeadlines,
+    create_app,
+    read_body,
+)
 from signalsmith.config import Settings
 from signalsmith.model import (
     EVENT_CLASSES,
@@ -214,6 +223,14 @@ async def test_ingest_paths_accept_only_post(client: Client) -> None:
     error(response, 405, "method_not_allowed")
 
 
+async def test_other_routes_answer_errors_as_json(client: Client) -> None:
+    response = await client.put("/healthz")
+    error(response, 405, "method_not_allowed")
+    assert "GET" in response.headers["allow"]
+    error(await client.post("/api/v1/plugins"), 405, "method_not_allowed")
+    error(await client.get("/v1/nowhere"), 404, "not_found")
+
+
 async def test_browser_settings(client: Client, settings: Settings) -> None:
     response = await client.get(f"/v1/projects/{KEY}/settings")
     assert response.status_code == 200
@@ -369,14 +386,73 @@ async def test_body_is_json_whatever_the_content_type(
     assert [e.message_id for e in await stored(redis, settings)] == [message["messageId"]]
 
 
-async def test_gzip_body(client: Client, redis: aioredis.Redis, settings: Settings) -> None:
+def raw_deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+# Content-Encoding -> how a client encodes a body with it.
+ENCODINGS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress,
+    "x-gzip": gzip.compress,
+    "deflate": zlib.compress,  # zlib-wrapped, as RFC 9110 says
+    "deflate (raw)": raw_deflate,  # as some clients send it
+    "br": brotli.compress,
+}
+
+
+def encoding_header(name: str) -> str:
+    return name.split()[0]
+
+
+@pytest.mark.parametrize("name", list(ENCODINGS))
+async def test_encoded_body(
+    client: Client, redis: aioredis.Redis, settings: Settings, name: str
+) -> None:
     messages = [track(), identify()]
-    body = gzip.compress(json.dumps({"batch": messages}).encode())
-    headers = {**AUTH, "Content-Encoding": "gzip"}
+    body = ENCODINGS[name](json.dumps({"batch": messages}).encode())
+    headers = {**AUTH, "Content-Encoding": encoding_header(name).upper()}
     ok(await post(client, "/v1/batch", body, headers=headers), accepted=2)
     assert [e.message_id for e in await stored(redis, settings)] == [
         m["messageId"] for m in messages
     ]
+
+
+@pytest.mark.parametrize("header", ["identity", "", " Identity ", "gzip, identity"])
+async def test_identity_is_no_encoding(client: Client, header: str) -> None:
+    plain = json.dumps(track()).encode()
+    body = gzip.compress(plain) if "gzip" in header else plain
+    headers = {**AUTH, "Content-Encoding": header}
+    ok(await post(client, "/v1/track", body, headers=headers), accepted=1)
+
+
+@pytest.mark.parametrize("header", ["zstd", "compress", "gzip, br", "br;q=1", "aes128gcm"])
+async def test_an_unsupported_encoding_is_415(
+    client: Client, redis: aioredis.Redis, settings: Settings, header: str
+) -> None:
+    body = gzip.compress(json.dumps(track()).encode())
+    headers = {**AUTH, "Content-Encoding": header}
+    response = await post(client, "/v1/track", body, headers=headers)
+    answer = error(response, 415, "unsupported_encoding")
+    assert "gzip, deflate, br" in answer["message"]
+    # RFC 9110 15.5.16: a 415 for a content coding says which ones are accepted.
+    assert response.headers["accept-encoding"] == "gzip, deflate, br"
+    assert await stored(redis, settings) == []
+
+
+async def test_a_gzip_body_of_several_members_is_read_whole(
+    client: Client, redis: aioredis.Redis, settings: Settings
+) -> None:
+    # `gzip -c head; gzip -c tail` (RFC 1952 2.2): the JSON is split across the members.
+    messages = [track(), page(), identify()]
+    plain = json.dumps({"batch": messages}).encode()
+    body = b"".join(gzip.compress(part) for part in split(plain, len(plain) // 3 + 1))
+    headers = {**AUTH, "Content-Encoding": "gzip"}
+    ok(await post(client, "/v1/batch", body, headers=headers), accepted=3)
+    # NUL bytes after the last member are padding, as gzip(1) reads them.
+    padded_body = gzip.compress(json.dumps(track()).encode()) + bytes(9)
+    ok(await post(client, "/v1/track", padded_body, headers=headers), accepted=1)
+    assert len(await stored(redis, settings)) == 4
 
 
 def receive_chunks(chunks: list[bytes]) -> Callable[[], Any]:
@@ -396,49 +472,139 @@ def split(body: bytes, size: int) -> list[bytes]:
     return [body[start : start + size] for start in range(0, len(body), size)] or [b""]
 
 
-async def test_read_body_of_a_chunked_gzip_upload() -> None:
+@pytest.mark.parametrize("name", list(ENCODINGS))
+async def test_read_body_of_a_chunked_upload(name: str) -> None:
     """Classic Android streams gzip without a Content-Length: the body arrives in pieces."""
     plain = json.dumps({"batch": [screen(), track()]}).encode()
-    body = await read_body(
-        receive_chunks(split(gzip.compress(plain), 64)), limit=500 * 1024, gzipped=True
-    )
-    assert body == plain
-    body = await read_body(receive_chunks(split(plain, 7)), limit=len(plain), gzipped=False)
+    once = ENCODINGS[name](plain)
+    # For gzip, two members end to end: one body.
+    encoded, expected = (once * 2, plain * 2) if "gzip" in name else (once, plain)
+    encoding = "gzip" if "gzip" in name else encoding_header(name)
+    for size in (64, 1):
+        body = await read_body(
+            receive_chunks(split(encoded, size)), limit=500 * 1024, encoding=encoding
+        )
+        assert body == expected
+    body = await read_body(receive_chunks(split(plain, 7)), limit=len(plain))
     assert body == plain
     with pytest.raises(BodyTooLarge):
-        await read_body(receive_chunks(split(plain, 7)), limit=len(plain) - 1, gzipped=False)
+        await read_body(receive_chunks(split(plain, 7)), limit=len(plain) - 1)
 
 
-async def test_read_body_stops_inflating_at_the_limit() -> None:
+def bomb(name: str, inflated: int) -> bytes:
+    """``inflated`` zero bytes encoded, without ever holding them in memory at once."""
+    block = bytes(1 << 20)
+    if name == "br":
+        brotli_compressor = brotli.Compressor()
+        parts = [brotli_compressor.process(block) for _ in range(inflated // len(block))]
+        return b"".join(parts) + brotli_compressor.finish()
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(name, -zlib.MAX_WBITS)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    parts = [compressor.compress(block) for _ in range(inflated // len(block))]
+    parts.append(compressor.flush())
+    return b"".join(parts)
+
+
+def gzip_bomb(inflated: int) -> bytes:
+    return bomb("gzip", inflated)
+
+
+@pytest.mark.parametrize("name", ["gzip", "deflate", "deflate (raw)", "br"])
+async def test_read_body_stops_inflating_at_the_limit(name: str) -> None:
     limit = 500 * 1024
-    bomb = gzip_bomb(20 * (1 << 20))
-    for size in (len(bomb), 1024, 7):
-        receive = receive_chunks(split(bomb, size))
+    encoded = bomb(name, 20 * (1 << 20))
+    if name == "gzip":  # a second member must not get past the limit either
+        encoded = gzip.compress(bytes(limit - 10)) + encoded
+    for size in (len(encoded), 1024, 7):
+        receive = receive_chunks(split(encoded, size))
         tracemalloc.start()
         try:
             with pytest.raises(BodyTooLarge):
-                await read_body(receive, limit=limit, gzipped=True)
+                await read_body(receive, limit=limit, encoding=encoding_header(name))
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
         assert peak < 4 * limit, f"peak {peak} bytes inflating a bomb sent in {size}-byte chunks"
 
 
+_TRACK = json.dumps(track()).encode()
+INVALID_ENCODED: dict[str, tuple[str, bytes]] = {
+    "gzip-garbage": ("gzip", b"this is not gzip"),
+    "gzip-plain-json": ("gzip", _TRACK),
+    "gzip-truncated": ("gzip", gzip.compress(_TRACK)[:-12]),
+    "gzip-trailing-garbage": ("gzip", gzip.compress(_TRACK) + b"trailing garbage"),
+    "gzip-data-after-padding": ("gzip", gzip.compress(_TRACK) + bytes(4) + b"\x1f"),
+    "gzip-empty": ("gzip", b""),
+    "deflate-garbage": ("deflate", b"this is not deflate"),
+    "deflate-truncated": ("deflate", zlib.compress(_TRACK)[:-6]),
+    "deflate-trailing-garbage": ("deflate", zlib.compress(_TRACK) + b"trailing garbage"),
+    "deflate-empty": ("deflate", b""),
+    "br-garbage": ("br", b"this is not brotli"),
+    "br-truncated": ("br", brotli.compress(_TRACK)[:-3]),
+    "br-trailing-garbage": ("br", brotli.compress(_TRACK) + b"trailing garbage"),
+    "br-empty": ("br", b""),
+}
+
+
 @pytest.mark.parametrize(
-    "body",
-    [
-        b"this is not gzip",
-        json.dumps(track()).encode(),
-        gzip.compress(json.dumps(track()).encode())[:-12],  # truncated
-    ],
-    ids=["garbage", "plain-json", "truncated"],
+    ("encoding", "body"), list(INVALID_ENCODED.values()), ids=list(INVALID_ENCODED)
 )
-async def test_invalid_gzip_is_400(
-    client: Client, redis: aioredis.Redis, settings: Settings, body: bytes
+async def test_a_body_that_is_not_its_encoding_is_400(
+    client: Client, redis: aioredis.Redis, settings: Settings, encoding: str, body: bytes
 ) -> None:
-    headers = {**AUTH, "Content-Encoding": "gzip"}
-    error(await post(client, "/v1/track", body, headers=headers), 400, "invalid_gzip")
+    headers = {**AUTH, "Content-Encoding": encoding}
+    response = await post(client, "/v1/track", body, headers=headers)
+    answer = error(response, 400, f"invalid_{encoding}")
+    assert encoding in answer["message"]
     assert await stored(redis, settings) == []
+
+
+async def test_a_read_past_its_deadline_is_cut_off() -> None:
+    deadlines = ReadDeadlines(0.05)
+    never = asyncio.Event()
+    try:
+        assert await deadlines.within(asyncio.sleep(0, "quick")) == "quick"
+        with pytest.raises(BodyTimeout):
+            await deadlines.within(never.wait())
+        # The task is not left cancelling: it goes on awaiting as usual.
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+        assert await deadlines.within(asyncio.sleep(0.01, "after")) == "after"
+    finally:
+        deadlines.close()
+
+
+async def test_a_read_cancelled_from_outside_stays_cancelled() -> None:
+    deadlines = ReadDeadlines(10)
+    reading = asyncio.create_task(deadlines.within(asyncio.Event().wait()))
+    await asyncio.sleep(0.01)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    deadlines.close()
+
+
+async def test_read_body_of_a_body_cut_short_is_incomplete() -> None:
+    receive = receive_chunks([b'{"type": "tr'])
+
+    async def then_disconnect() -> dict[str, Any]:
+        message = await receive()
+        return {**message, "more_body": True} if message["type"] == "http.request" else message
+
+    with pytest.raises(BodyIncomplete):
+        await read_body(then_disconnect, limit=1024)
+
+
+@pytest.mark.parametrize("path", ["/v1/track", "/v1/batch"])
+async def test_a_utf8_byte_order_mark_is_skipped(
+    client: Client, redis: aioredis.Redis, settings: Settings, path: str
+) -> None:
+    # What PowerShell's Out-File and Windows Notepad write before a JSON document.
+    message = track()
+    body = json.dumps(message if path == "/v1/track" else {"batch": [message]}).encode()
+    ok(await post(client, path, b"\xef\xbb\xbf" + body), accepted=1)
+    headers = {**AUTH, "Content-Encoding": "gzip"}
+    ok(await post(client, path, gzip.compress(b"\xef\xbb\xbf" + body), headers=headers))
+    assert [e.message_id for e in await stored(redis, settings)] == [message["messageId"]]
 
 
 @pytest.mark.parametrize(
@@ -499,15 +665,6 @@ async def test_request_just_under_500kb_is_accepted(
     assert 475_000 < len(body) <= settings.max_request_bytes
     ok(await post(client, "/v1/batch", body), accepted=16)
     assert len(await stored(redis, settings)) == 16
-
-
-def gzip_bomb(inflated: int) -> bytes:
-    """``inflated`` zero bytes, gzip-compressed without ever holding them in memory at once."""
-    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    block = bytes(1 << 20)
-    parts = [compressor.compress(block) for _ in range(inflated // len(block))]
-    parts.append(compressor.flush())
-    return b"".join(parts)
 
 
 async def test_gzip_bomb_is_413_without_being_inflated(
@@ -634,6 +791,210 @@ async def test_a_rejected_single_message_is_still_200(
     body = ok(await post(client, "/v1/track", message), accepted=0)
     assert [(r["index"], r["code"]) for r in body["rejected"]] == [(0, "missing_event")]
     assert await stored(redis, settings) == []
+
+
+# --- values past what the buffer and later stages hold --------------------------------------
+
+
+def batch_around(raw_message: bytes, **envelope: Any) -> tuple[bytes, list[dict[str, Any]]]:
+    """A batch body with ``raw_message`` (JSON text) between two good messages."""
+    good = [track(), identify()]
+    items = [json.dumps(good[0]).encode(), raw_message, json.dumps(good[1]).encode()]
+    rest = b"".join(b',"%s":%s' % (k.encode(), json.dumps(v).encode()) for k, v in envelope.items())
+    return b'{"batch":[' + b",".join(items) + b"]" + rest + b"}", good
+
+
+def nested(levels: int) -> str:
+    """JSON text of ``levels`` nested objects and arrays (levels >= 1)."""
+    return '{"a":[' * (levels // 2) + ("{}" if levels % 2 else "[]") + "]}" * (levels // 2)
+
+
+async def post_one_bad_message(
+    client: Client, redis: aioredis.Redis, settings: Settings, raw_message: bytes, **envelope: Any
+) -> tuple[dict[str, Any], list[Any]]:
+    """Post ``raw_message`` between two good ones: the answer is a 200 and both good ones are in
+    Redis. Returns the answer and the stored events."""
+    body, good = batch_around(raw_message, **envelope)
+    answer = ok(await post(client, "/v1/batch", body))
+    events = await stored(redis, settings)
+    stored_ids = [event.message_id for event in events]
+    assert stored_ids[0] == good[0]["messageId"] and stored_ids[-1] == good[1]["messageId"]
+    return answer, events
+
+
+async def test_an_integer_past_64_bits_is_kept_as_a_double(
+    client: Client, redis: aioredis.Redis, settings: Settings
+) -> None:
+    # analytics-python writes Python ints as they are; msgpack holds -2**63 .. 2**64 - 1.
+    values = {"past": 2**64, "below": -(2**63) - 1, "max": 2**64 - 1, "min": -(2**63)}
+    message = track(properties={**values, "list": [2**70, 1]}, context={"n": {"id": 10**30}})
+    answer, (_, event, _) = await post_one_bad_message(
+        client, redis, settings, json.dumps(message).encode()
+    )
+    assert (answer["accepted"], answer["rejected"]) == (3, [])
+    assert event.message_id == message["messageId"]
+    assert event.properties == {
+        "past": 1.8446744073709552e19,
+        "below": -9.223372036854776e18,
+        "max": 2**64 - 1,
+        "min": -(2**63),
+        "list": [1.1805916207174113e21, 1],
+    }
+    assert type(event.properties["past"]) is float and type(event.properties["max"]) is int
+    assert event.context["n"] == {"id": 1e30}
+
+
+@pytest.mark.parametrize(
+    ("number", "where"),
+    [("1" + "0" * 400, "properties.v"), ("1e400", "1e400"), ("-1e999", "-1e999")],
+)
+async def test_a_number_past_a_double_is_rejected_alone(
+    client: Client, redis: aioredis.Redis, settings: Settings, number: str, where: str
+) -> None:
+    message = track()
+    raw = json.dumps(message)[:-1] + f', "properties": {{"v": {number}}}}}'
+    answer, events = await post_one_bad_message(client, redis, settings, raw.encode())
+    (rejected,) = answer["rejected"]
+    assert (rejected["index"], rejected["code"]) == (1, "number_out_of_range")
+    assert where in rejected["message"]
+    assert len(events) == 2
+
+
+async def test_an_integer_too_long_to_read_is_rejected_alone(
+    client: Client, redis: aioredis.Redis, settings: Settings
+) -> None:
+    # Python refuses to read an integer of more than 4,300 digits.
+    raw = json.dumps(track())[:-1] + ', "properties": {"v": 1' + "0" * 5000 + "}}"
+    answer, _ = await post_one_bad_message(client, redis, settings, raw.encode())
+    assert [(r["index"], r["code"]) for r in answer["rejected"]] == [(1, "number_out_of_range")]
+
+
+async def test_a_far_future_timestamp_with_a_current_sent_at_is_kept(
+    client: Client, redis: aioredis.Redis, settings: Settings
+) -> None:
+    # The correction adds the transit time (received - sentAt) to year 9999: past datetime.max.
+    sent_at = iso(datetime.now(UTC) - timedelta(seconds=2))
+    message = track(timestamp="9999-12-31T23:59:59.999Z")
+    answer, (_, event, _) = await post_one_bad_message(
+        client, redis, settings, json.dumps(message).encode(), sentAt=sent_at
+    )
+    assert (answer["accepted"], answer["rejected"]) == (3, [])
+    assert event.original_timestamp == datetime(9999, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC)
+    assert event.timestamp == datetime.max.replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (track(timestamp="0001-01-01T00:00:00Z", sentAt="2999-01-01T00:00:00Z"), datetime.min),
+        (track(timestamp="9999-12-31T23:00:00-05:00"), datetime.max),
+        (track(timestamp="0001-01-01T01:00:00+05:00"), datetime.min),
+        (track(timestamp="9000-01-01T00:00:00Z", sentAt="0001-01-01T00:00:00Z"), datetime.max),
+    ],
+    ids=["ancient-with-sent-at", "offset-past-9999", "offset-before-year-1", "ancient-sent-at"],
+)
+async def test_timestamps_past_what_a_datetime_holds_are_kept_at_its_ends(
+    client: Client, redis: aioredis.Redis, settings: Settings, message: Any, expected: datetime
+) -> None:
+    answer, (_, event, _) = await post_one_bad_message(
+        client, redis, settings, json.dumps(message).encode()
+    )
+    assert (answer["accepted"], answer["rejected"]) == (3, [])
+    assert event.timestamp == expected.replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize("levels", [65, 1_000, 20_000])
+async def test_a_message_nested_too_deep_is_rejected_alone(
+    client: Client, redis: aioredis.Redis, settings: Settings, levels: int
+) -> None:
+    # The message is the first level: its properties then take the other `levels - 1`.
+    message = track()
+    raw = json.dumps(message)[:-1] + f', "properties": {nested(levels - 1)}}}'
+    answer, events = await post_one_bad_message(client, redis, settings, raw.encode())
+    (rejected,) = answer["rejected"]
+    assert (rejected["index"], rejected["code"]) == (1, "nesting_too_deep")
+    assert rejected["messageId"] == message["messageId"]
+    assert "64 levels" in rejected["message"]
+    assert len(events) == 2
+
+
+async def test_a_message_nested_64_levels_is_accepted(
+    client: Client, redis: aioredis.Redis, settings: Settings
+) -> None:
+    message = track()
+    raw = json.dumps(message)[:-1] + f', "properties": {nested(63)}}}'
+    answer, (_, event, _) = await post_one_bad_message(client, redis, settings, raw.encode())
+    assert (answer["accepted"], answer["rejected"]) == (3, [])
+    assert event.properties == json.loads(nested(63))
+
+
+@pytest.mark.parametrize("levels", [65, 2_000])
+async def test_a_single_message_nested_too_deep_is_rejected(
+    client: Client, redis: aioredis.Redis, settings: Settings, levels: int
+) -> None:
+    raw = json.dumps(track())[:-1] + f', "properties": {nested(levels - 1)}}}'
+    body = ok(await post(client, "/v1/track", raw.encode()), accepted=0)
+    assert [(r["index"], r["code"]) for r in body["rejected"]] == [(0, "nesting_too_deep")]
+    assert await stored(redis, settings) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"batch": [%s], "context": %s}' % (json.dumps(track()).encode(), nested(64).encode()),
+        b'{"batch": [%s], "context": %s}' % (json.dumps(track()).encode(), nested(5000).encode()),
+        b'{"batch": %s}' % nested(5000).encode(),
+        nested(5000).encode(),
+    ],
+    ids=["context-64", "context-5000", "batch-5000", "body-5000"],
+)
+async def test_a_body_nested_too_deep_outside_its_messages_is_400(
+    client: Client, redis: aioredis.Redis, settings: Settings, body: bytes
+) -> None:
+    response = await post(client, "/v1/batch", body)
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"code", "message"}
+    assert response.json()["code"] in ("nesting_too_deep", "invalid_json", "invalid_batch")
+    assert await stored(redis, settings) == []
+
+
+# What strict JSON parsers refuse but clients send: each costs nothing but the odd value.
+TOLERATED: list[tuple[str, bytes, Any]] = [
+    # JavaScript's `slice` can cut an emoji in half; JSON.stringify escapes the lone half.
+    ("lone high surrogate", b'"caf\\ud83d"', "caf\ufffd"),
+    ("lone low surrogate", b'"\\ude00!"', "\ufffd!"),
+    ("surrogate pair", b'"\\ud83d\\ude00"', "\U0001f600"),
+    ("escaped backslash then text", b'"\\\\ud800"', "\\ud800"),
+    ("high then escaped backslash", b'"\\ud83d\\\\ude00"', "\ufffd\\ude00"),
+    ("bytes that are not UTF-8", b'"\xffcaf\xc3"', "\ufffdcaf\ufffd"),
+    # Python's json.dumps writes these for float('nan') and float('inf').
+    ("NaN", b"NaN", None),
+    ("Infinity", b'[Infinity, -Infinity, "NaN"]', [None, None, "NaN"]),
+]
+
+
+@pytest.mark.parametrize(("what", "value", "expected"), TOLERATED, ids=[t[0] for t in TOLERATED])
+async def test_text_strict_parsers_refuse_is_read(
+    client: Client,
+    redis: aioredis.Redis,
+    settings: Settings,
+    what: str,
+    value: bytes,
+    expected: Any,
+) -> None:
+    def with_value() -> bytes:
+        return json.dumps(track())[:-1].encode() + b', "properties": {"v": ' + value + b"}}"
+
+    answer, (_, event, _) = await post_one_bad_message(client, redis, settings, with_value())
+    assert (answer["accepted"], answer["rejected"]) == (3, [])
+    assert event.properties == {"v": expected}
+    # The same in a single message, and in the batch's own context.
+    ok(await post(client, "/v1/track", with_value()), accepted=1)
+    envelope = b'{"batch": [%s], "context": {"v": %s}}' % (json.dumps(track()).encode(), value)
+    ok(await post(client, "/v1/batch", envelope), accepted=1)
+    *_, single, in_batch = await stored(redis, settings)
+    assert single.properties == {"v": expected}
+    assert in_batch.context["v"] == expected
 
 
 # --- normalisation as stored ----------------------------------------------------------------

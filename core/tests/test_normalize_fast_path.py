@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from signalsmith.json_input import JsonProblem, decode_json
 from signalsmith.normalize import (
     ParsedRequest,
     _fast_event,
@@ -25,6 +26,23 @@ from signalsmith.testing import alias, group, identify, page, screen, track
 
 RECEIVED = datetime(2026, 11, 26, 12, 0, 0, 500_000, tzinfo=UTC)
 SENT = "2026-11-26T13:00:00.250Z"
+
+
+def nested(levels: int) -> Any:
+    """``levels`` levels of objects and arrays (an object outermost)."""
+    value: Any = {}
+    for wraps_left in range(levels - 1, 0, -1):
+        value = {"a": value} if wraps_left % 2 else [value]
+    return value
+
+
+def depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(depth, value), default=0)
+    return 0
+
 
 MESSAGES: list[dict[str, Any]] = [
     track(),
@@ -78,6 +96,34 @@ MESSAGES: list[dict[str, Any]] = [
     alias(previousId=None),
     alias(userId=None),
     track(type="purchase"),
+    # Numbers at and past what msgpack holds (-2**63 .. 2**64 - 1), and past a double.
+    track(properties={"n": 2**63 - 1, "m": -(2**63)}),
+    track(properties={"n": 2**63}),
+    track(properties={"n": 2**64 - 1}),
+    track(properties={"n": 2**64}),
+    track(context={"n": [-(2**63) - 1]}),
+    identify(traits={"n": 10**400}),
+    track(properties={"f": 1.7976931348623157e308, "g": 5e-324}),
+    # What json.dumps writes that strict JSON does not allow (read as null and U+FFFD).
+    track(properties={"f": float("nan"), "g": float("inf")}),
+    track(properties={"s": "half an emoji \ud83d"}),
+    # Nesting around the typed decoders' depth (8 with the message), and the limit (64).
+    track(properties=nested(6)),
+    track(properties=nested(7)),
+    track(properties=nested(8)),
+    track(context=nested(7), integrations=nested(7)),
+    track(writeKey=nested(2), receivedAt=[nested(4)], projectId=nested(70)),
+    identify(traits=nested(30)),
+    track(_metadata=nested(63)),
+    track(properties=nested(64)),
+    group(traits=nested(200)),
+    # Timestamps whose UTC value or skew correction falls past year 9999 or before year 1.
+    track(timestamp="9999-12-31T23:59:59.999Z", sentAt="2026-11-26T11:00:00Z"),
+    track(timestamp="9999-12-31T23:59:59.999Z", sentAt=SENT),
+    track(timestamp="0001-01-01T00:00:00Z", sentAt="2999-01-01T00:00:00Z"),
+    track(timestamp="9999-12-31T23:00:00-05:00"),
+    track(timestamp="0001-01-01T01:00:00+05:00"),
+    track(sentAt="9999-12-31T23:00:00-05:00"),
 ]
 
 ENVELOPES: list[dict[str, Any]] = [
@@ -94,8 +140,8 @@ def _request(envelope: dict[str, Any], message: dict[str, Any]) -> ParsedRequest
 
 def _general(request: ParsedRequest, raw: bytes, **options: Any) -> Any:
     try:
-        return normalise_message(msgspec.json.decode(raw), request=request, **options)
-    except _Invalid as problem:
+        return normalise_message(decode_json(raw), request=request, **options)
+    except (_Invalid, JsonProblem) as problem:
         return problem.code
 
 
@@ -146,6 +192,38 @@ def test_common_messages_take_the_fast_path() -> None:
             client_ip=None,
         )
         assert event is not None, message
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (track(properties={"n": 2**64}), {"n": 1.8446744073709552e19}),
+        (track(properties={"n": [2**63]}), {"n": [2**63]}),
+        (track(properties=nested(9)), nested(9)),
+        (track(properties=nested(63)), nested(63)),
+        (track(properties={"n": 10**400}), "number_out_of_range"),
+        (track(properties=nested(64)), "nesting_too_deep"),
+    ],
+    ids=["2**64", "2**63", "depth-10", "depth-64", "10**400", "depth-65"],
+)
+def test_what_the_typed_decoders_cannot_hold_takes_the_general_path(
+    message: dict[str, Any], expected: Any
+) -> None:
+    request = _request({}, message)
+    [raw] = request.messages
+    options = {"path_type": None, "received_at": RECEIVED, "source_id": "s", "client_ip": None}
+    assert _fast_event(raw, request=request, **options) is None
+    general = _general(request, bytes(raw), **options)
+    if isinstance(expected, str):
+        assert general == expected
+    else:
+        assert general.properties == expected
+
+
+def test_nesting_in_these_cases_is_counted_as_the_limit_counts_it() -> None:
+    # The message is the first level: `properties=nested(63)` makes 64, the most allowed.
+    assert depth(track(properties=nested(63))) == 64
+    assert depth(nested(7)) == 7
 
 
 def test_skew_correction_on_the_fast_path() -> None:

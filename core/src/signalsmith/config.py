@@ -50,6 +50,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_message_bytes: int = 32 * 1024
     max_request_bytes: int = 500 * 1024
     max_batch_messages: int = 2500
+    # Seconds a client has to send a request's whole body once its headers are in: a body
+    # announced and trickled, or never sent, is answered 408 and its connection closed.
+    body_read_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    # Seconds a client has to send a request's headers (Granian's HTTP/1 header_read_timeout),
+    # which is also how long an idle keep-alive connection is kept.
+    header_read_timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     # Requests waiting for the next Redis flush beyond this are answered 503 (backpressure).
     max_pending_appends: int = 10_000
     retry_after_seconds: int = 5

@@ -9,6 +9,7 @@ the *normalised* form: every event has a ``message_id``, a server ``received_at`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -107,3 +108,58 @@ def to_segment_dict(event: EventBase) -> dict[str, Any]:
 # Binary codec for the buffer: msgpack keeps datetimes and is cheaper than JSON to decode.
 event_list_encoder = msgspec.msgpack.Encoder()
 event_list_decoder = msgspec.msgpack.Decoder(list[Event])
+
+# The integers msgpack holds; any other is kept as the nearest double (``fit_numbers``).
+MSGPACK_INT_MIN, MSGPACK_INT_MAX = -(2**63), 2**64 - 1
+
+
+class NumberOutOfRange(ValueError):
+    """An integer too large even for a double (past about 1.8e308)."""
+
+
+def fit_numbers(value: Any, path: str = "") -> Any:
+    """``value`` with every integer msgpack cannot hold replaced by the nearest double.
+
+    Containers are changed in place. A double is what JavaScript, and so most destinations,
+    make of any JSON number; past a double's range there is nothing to keep: NumberOutOfRange.
+    """
+    kind = type(value)
+    if kind is int:
+        if MSGPACK_INT_MIN <= value <= MSGPACK_INT_MAX:
+            return value
+        try:
+            return float(value)
+        except OverflowError:
+            digits = int(value.bit_length() * 0.30103) + 1
+            raise NumberOutOfRange(
+                f"{path or 'a value'} is an integer of about {digits} digits, beyond what a "
+                "double holds (about 1.8e308)"
+            ) from None
+    if kind is dict:
+        for key, item in value.items():
+            fitted = fit_numbers(item, f"{path}.{key}" if path else key)
+            if fitted is not item:
+                value[key] = fitted
+    elif kind is list:
+        for index, item in enumerate(value):
+            fitted = fit_numbers(item, f"{path}[{index}]")
+            if fitted is not item:
+                value[index] = fitted
+    return value
+
+
+def encode_events(events: Sequence[EventBase]) -> bytes:
+    """``events`` in the buffer's encoding (a msgpack list).
+
+    Normalisation already made every client's integer fit; one a plugin made past 64 bits is
+    stored as the nearest double too, rather than failing the whole request.
+    """
+    try:
+        return event_list_encoder.encode(events)
+    except OverflowError:
+        for event in events:
+            for name in event.__struct_fields__:
+                field = getattr(event, name)
+                if type(field) is dict:
+                    fit_numbers(field, name)
+        return event_list_encoder.encode(events)

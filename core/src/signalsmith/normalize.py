@@ -13,6 +13,14 @@ from typing import Any
 
 import msgspec
 
+from signalsmith.json_input import (
+    MAX_NESTING_DEPTH,
+    JsonField,
+    JsonIgnored,
+    JsonProblem,
+    decode_json,
+    repaired_json,
+)
 from signalsmith.model import EVENT_CLASSES, WIRE_FIELDS, Event, Track
 from signalsmith.records import Rejection
 
@@ -63,7 +71,7 @@ class _BatchEnvelope(msgspec.Struct):
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _batch_envelope_decoder = msgspec.json.Decoder(_BatchEnvelope)
 _batch_items_decoder = msgspec.json.Decoder(list[msgspec.Raw])
-_message_decoder = msgspec.json.Decoder()
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class ParsedRequest(msgspec.Struct, kw_only=True):
@@ -77,6 +85,10 @@ class ParsedRequest(msgspec.Struct, kw_only=True):
     sent_at: datetime | None = None
 
 
+class _Unreadable(RequestError):
+    """The body is not JSON (or nests too deep to read): ``repaired_json`` may help."""
+
+
 def parse_request(
     body: bytes, *, batch: bool | None, max_messages: int, max_message_bytes: int
 ) -> ParsedRequest:
@@ -85,6 +97,41 @@ def parse_request(
     ``batch`` is True for batch endpoints (the body must hold ``batch: [...]``), False for
     single-message endpoints, None where either shape is accepted (`/api/v1/events`).
     """
+    if body.startswith(_UTF8_BOM):  # Windows tools write one; JSON readers skip it
+        body = body[len(_UTF8_BOM) :]
+    try:
+        return _parse_shape(
+            body, batch=batch, max_messages=max_messages, max_message_bytes=max_message_bytes
+        )
+    except (_Unreadable, RecursionError) as error:
+        # What a strict parser refuses but clients send (see `repaired_json`) costs one bad
+        # message at most, not the whole batch; anything else is the first error.
+        unreadable = _unreadable(error)
+        repaired = repaired_json(body)
+        if repaired is None:
+            raise unreadable from None
+    try:
+        return _parse_shape(
+            repaired, batch=batch, max_messages=max_messages, max_message_bytes=max_message_bytes
+        )
+    except (_Unreadable, RecursionError):
+        raise unreadable from None
+
+
+def _unreadable(error: Exception) -> _Unreadable:
+    if isinstance(error, _Unreadable):
+        return error
+    # msgspec recurses once per level, even through the raw slices it skips.
+    return _Unreadable(
+        "nesting_too_deep",
+        "body nests objects and arrays too deep to read "
+        f"(a message may nest {MAX_NESTING_DEPTH} levels)",
+    )
+
+
+def _parse_shape(
+    body: bytes, *, batch: bool | None, max_messages: int, max_message_bytes: int
+) -> ParsedRequest:
     if batch:
         # One pass over a well-formed batch body; any other body takes the two-step path below,
         # which says exactly what is wrong with it.
@@ -100,7 +147,7 @@ def parse_request(
     except msgspec.ValidationError:
         raise RequestError("invalid_json", "body must be a JSON object") from None
     except msgspec.DecodeError as error:
-        raise RequestError("invalid_json", f"body is not valid JSON: {error}") from None
+        raise _Unreadable("invalid_json", f"body is not valid JSON: {error}") from None
     write_key = envelope.writeKey if isinstance(envelope.writeKey, str) else None
     has_batch = len(envelope.batch) > 0 and bytes(envelope.batch) != b"null"
     is_batch = has_batch if batch is None else batch
@@ -145,17 +192,23 @@ def _batch_request(
         messages=items,
         is_batch=True,
         write_key=write_key,
-        context=_envelope_object(envelope.context),
-        integrations=_envelope_object(envelope.integrations),
+        context=_envelope_object(envelope.context, "context"),
+        integrations=_envelope_object(envelope.integrations, "integrations"),
         sent_at=sent_at,
     )
 
 
-def _envelope_object(raw: msgspec.Raw) -> dict[str, Any] | None:
+def _envelope_object(raw: msgspec.Raw, name: str) -> dict[str, Any] | None:
     """A batch-level object merged into every item; anything but an object is ignored."""
     if not len(raw):
         return None
-    value = _message_decoder.decode(raw)
+    try:
+        # Merged into each message one level down, so it may nest one level less.
+        value = decode_json(raw, max_depth=MAX_NESTING_DEPTH - 1)
+    except JsonProblem as problem:
+        raise RequestError(problem.code, f"the batch's {name}: {problem.message}") from None
+    except msgspec.DecodeError as error:
+        raise RequestError("invalid_json", f"the batch's {name} is not JSON: {error}") from None
     return value if isinstance(value, dict) and value else None
 
 
@@ -183,9 +236,7 @@ def parse_time(value: Any, field: str) -> datetime | None:
                 f"{field} is not an ISO-8601 timestamp: {value[:64]!r} "
                 "(expected e.g. 2026-11-26T03:17:52.952Z)",
             ) from None
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    return _utc(parsed)
 
 
 def _identifier(message: dict[str, Any], key: str) -> str | None:
@@ -321,7 +372,10 @@ def normalise_message(
         sent_at = request.sent_at
     if original is not None and sent_at is not None:
         # Segment's clock-skew correction: the device clock's offset is sentAt - receivedAt.
-        timestamp = received_at - (sent_at - original)
+        try:
+            timestamp = received_at - (sent_at - original)
+        except OverflowError:
+            timestamp = _beyond_datetime(original > sent_at)
     else:
         timestamp = original or received_at
 
@@ -369,22 +423,24 @@ class _WireMessage(msgspec.Struct, forbid_unknown_fields=True):
     timestamp: datetime | None = None
     originalTimestamp: datetime | None = None
     sentAt: datetime | None = None
-    # Objects are typed Any and checked with isinstance: msgspec's dict[str, Any] would check
-    # every key again, and JSON object keys are strings anyway.
-    context: Any = None
-    integrations: Any = None
+    # Objects are typed as any JSON value and checked with isinstance: msgspec's dict[str, ...]
+    # would check every key again, and JSON object keys are strings anyway. JsonField bounds
+    # their depth and integers while msgspec parses (see json_input); a message past either
+    # takes the general path.
+    context: JsonField = None
+    integrations: JsonField = None
     event: str | msgspec.UnsetType | None = msgspec.UNSET
-    properties: Any = msgspec.UNSET
-    traits: Any = msgspec.UNSET
+    properties: JsonField | msgspec.UnsetType = msgspec.UNSET
+    traits: JsonField | msgspec.UnsetType = msgspec.UNSET
     name: str | msgspec.UnsetType | None = msgspec.UNSET
     category: str | msgspec.UnsetType | None = msgspec.UNSET
     groupId: str | msgspec.UnsetType | None = msgspec.UNSET
     previousId: str | msgspec.UnsetType | None = msgspec.UNSET
-    metadata: Any = msgspec.field(default=msgspec.UNSET, name="_metadata")
+    metadata: JsonField | msgspec.UnsetType = msgspec.field(default=msgspec.UNSET, name="_metadata")
     # Transport and server keys: accepted and never kept (TRANSPORT_KEYS, SERVER_KEYS).
-    writeKey: Any = None
-    receivedAt: Any = None
-    projectId: Any = None
+    writeKey: JsonIgnored = None
+    receivedAt: JsonIgnored = None
+    projectId: JsonIgnored = None
 
 
 _wire_decoder = msgspec.json.Decoder(_WireMessage)
@@ -417,7 +473,23 @@ def _utc(moment: datetime | None) -> datetime | None:
         return moment
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # within hours of year 1 or 9999, an offset can move it past either
+        return _beyond_datetime(moment.year > 1)
+
+
+_LATEST = datetime.max.replace(tzinfo=UTC)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def _beyond_datetime(later: bool) -> datetime:
+    """The time kept for one past what a datetime holds (years 1-9999): the nearest it holds.
+
+    A timestamp of 9999-12-31 (a placeholder some clients send) is kept as sent; the skew
+    correction or a UTC offset can move it just past, and the event is not lost for that.
+    """
+    return _LATEST if later else _EARLIEST
 
 
 def _fast_event(
@@ -493,7 +565,10 @@ def _fast_event(
         original = _utc(wire.originalTimestamp)
     sent_at = _utc(wire.sentAt) or request.sent_at
     if original is not None and sent_at is not None:
-        timestamp = received_at - (sent_at - original)
+        try:
+            timestamp = received_at - (sent_at - original)
+        except OverflowError:
+            timestamp = _beyond_datetime(original > sent_at)
     else:
         timestamp = original or received_at
     extra = {} if wire.metadata is _UNSET else {"_metadata": wire.metadata}
@@ -566,7 +641,7 @@ def normalise_messages(
                 continue
         message_id: str | None = None
         try:
-            message = _message_decoder.decode(raw)
+            message = decode_json(raw)
             if isinstance(message, dict):
                 candidate = message.get("messageId")
                 message_id = candidate if isinstance(candidate, str) else None
@@ -584,7 +659,9 @@ def normalise_messages(
                 source_id=source_id,
                 client_ip=client_ip,
             )
-        except _Invalid as problem:
+        except (_Invalid, JsonProblem) as problem:
+            if isinstance(problem, JsonProblem):
+                message_id = problem.message_id
             rejected.append(
                 Rejection(
                     index=index, message_id=message_id, code=problem.code, message=problem.message

@@ -32,6 +32,7 @@ import click
 import msgspec
 from granian import Granian
 from granian.constants import HTTPModes, Interfaces, Loops
+from granian.http import HTTP1Settings
 
 from signalsmith.admin import (
     ADMIN_TOKEN_FILE,
@@ -75,6 +76,10 @@ def granian_server(
         runtime_threads=1,
         loop=Loops.uvloop,
         http=HTTPModes.http1,
+        # Granian closes a connection whose headers take longer (and any idle keep-alive one).
+        http1_settings=HTTP1Settings(
+            header_read_timeout=round(settings.header_read_timeout_seconds * 1000)
+        ),
         websockets=False,
         backlog=2048,
         log_level="warning",  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from signalsmith.model import Event, event_list_decoder, event_list_encoder
+from signalsmith.model import Event, encode_events, event_list_decoder
 
 FORMAT_VERSION = b"1"
 
@@ -85,7 +85,7 @@ def entry_fields(source_id: str, events: Sequence[Event]) -> list[bytes | str | 
         "n",
         len(events),
         "d",
-        event_list_encoder.encode(events),
+        encode_events(events),
     ]
 
 
@@ -180,7 +180,7 @@ def dead_letter_fields(letter: DeadLetter) -> dict[str, Any]:
         "v": FORMAT_VERSION,
         "sink": letter.sink,
         "n": len(letter.events),
-        "d": event_list_encoder.encode(letter.events),
+        "d": encode_events(letter.events),
         "error": letter.error,
         "attempts": letter.attempts,
         "entry_ids": ",".join(letter.entry_ids),
