@@ -38,3 +38,18 @@ def test_plugins_may_import_only_the_signalsmith_package() -> None:
     [contract] = [c for c in linter_config()["contracts"] if c["type"] == "protected"]
     assert contract["protected_modules"] == ["signalsmith.*"]
     assert contract["allowed_importers"] == ["signalsmith"]
+
+
+def test_every_core_module_has_a_layer() -> None:
+    """A module left out of the layers contract could import anything: each must be placed."""
+    [contract] = [c for c in linter_config()["contracts"] if c["type"] == "layers"]
+    layered = {name.strip() for layer in contract["layers"] for name in layer.split("|")}
+    package = ROOT / "core" / "src" / "signalsmith"
+    modules = {
+        path.stem if path.is_file() else path.name
+        for path in package.iterdir()
+        if (path.suffix == ".py" or (path / "__init__.py").exists())
+        and path.stem not in ("__init__", "__main__", "testing")
+    }
+    assert modules - layered == set(), "place these in the layers contract (pyproject.toml)"
+    assert layered - modules == set(), "these layers name modules that do not exist"

@@ -15,13 +15,8 @@ import msgspec
 import pytest
 
 from signalsmith.json_input import JsonProblem, decode_json
-from signalsmith.normalize import (
-    ParsedRequest,
-    _fast_event,
-    _Invalid,
-    normalise_message,
-    parse_request,
-)
+from signalsmith.normalize import _fast_event, _Invalid, normalise_message
+from signalsmith.parsing import ParsedRequest, parse_request
 from signalsmith.testing import alias, group, identify, page, screen, track
 
 RECEIVED = datetime(2026, 11, 26, 12, 0, 0, 500_000, tzinfo=UTC)

@@ -37,6 +37,7 @@ from signalsmith.records import (
     Drop,
     Outcome,
     PluginInfo,
+    Refusal,
     Sink,
     Source,
     StageResult,
@@ -286,25 +287,20 @@ async def test_collector_stages_run_in_documented_order(
 
     assert status == 200, body
     assert body["accepted"] == 1
-    assert [name for name, _ in recorder.calls] == [
-        "startup",
-        "authenticate",
-        "admit_events",
-        "validate_events",
-        "transform_events",
-        "apply_consent",
-        "observe_outcomes",
+    # Observers hear of each stage as it happens: normalisation, each stage that reported
+    # something (the transform), and the buffer, after the append.
+    assert recorder.calls[1:] == [
+        ("authenticate", (WRITE_KEY,)),
+        ("admit_events", (SOURCE.id, 1, "/v1/track")),
+        ("observe_outcomes", ([("normalise", "accepted")], 0)),
+        ("validate_events", (["Order Completed"], 0)),
+        ("transform_events", ["Order Completed"]),
+        ("observe_outcomes", ([("transform", "transformed")], 0)),
+        # Every stage sees the previous stage's output: consent sees the transform's rename.
+        ("apply_consent", (["Renamed Event"], 0)),
+        ("observe_outcomes", ([("buffer", "buffered")], 1)),
     ]
-    seen = dict(recorder.calls)
-    assert seen["startup"] == "collector"
-    assert seen["authenticate"] == (WRITE_KEY,)
-    assert seen["admit_events"] == (SOURCE.id, 1, "/v1/track")
-    # Every stage sees the previous stage's output: consent sees the transform's rename.
-    assert seen["validate_events"] == (["Order Completed"], 0)
-    assert seen["transform_events"] == ["Order Completed"]
-    assert seen["apply_consent"] == (["Renamed Event"], 0)
-    # Observers run after the append: the entry is already in the stream when they are told.
-    assert seen["observe_outcomes"] == ([("transform", "transformed"), ("buffer", "buffered")], 1)
+    assert recorder.calls[0] == ("startup", "collector")
 
     assert await redis.xlen(stream_key(settings.key_prefix)) == 1
     [event] = await buffered_events(redis, settings)
@@ -464,9 +460,74 @@ async def test_stage_drops_are_reported_to_client_and_observers(
         allowed["messageId"]
     ]
     assert [(o.stage, o.status, o.message_id, o.reason) for o in observer.outcomes] == [
+        ("normalise", "accepted", allowed["messageId"], None),
+        ("normalise", "accepted", declined["messageId"], None),
         ("consent", "dropped", declined["messageId"], "no_consent"),
         ("buffer", "buffered", allowed["messageId"], None),
     ]
+    # Each outcome carries its event: an observer can show what was dropped.
+    [dropped] = [o for o in observer.outcomes if o.status == "dropped"]
+    assert dropped.event is not None and dropped.event.message_id == declined["messageId"]
+
+
+class RateLimited:
+    @hookimpl
+    def admit_events(self) -> Refusal:
+        return Refusal(retry_after=3, message="slow down")
+
+
+@pytest.mark.parametrize(
+    ("plugins", "auth", "stage", "reason", "source_id"),
+    [
+        ((), {"Authorization": "Basic " + base64.b64encode(b"nope:").decode()}, "authenticate",
+         "invalid_write_key", None),
+        ((), {}, "authenticate", "missing_write_key", None),
+        ((RateLimited(),), AUTH_HEADERS, "admit", "rate_limited", SOURCE.id),
+    ],
+    ids=["401-unknown-key", "401-no-key", "429"],
+)  # fmt: skip
+async def test_observers_see_every_refused_message_with_its_raw_json(
+    settings: Settings,
+    redis: aioredis.Redis,
+    plugins: tuple[object, ...],
+    auth: dict[str, str],
+    stage: str,
+    reason: str,
+    source_id: str | None,
+) -> None:
+    """A debugger can show a request refused before any event existed: one outcome per
+    message, with the message as sent and why nothing of it was kept."""
+    observer = CollectingObserver()
+    pm = plugin_manager(static_keys(), (observer, "observer"), *plugins)
+    messages = [track("Signed Up"), track("Order Completed")]
+
+    async with collector_client(settings, pm=pm) as client:
+        response = await client.post("/v1/batch", json={"batch": messages}, headers=auth)
+
+    assert response.status_code in (401, 429)
+    assert [(o.stage, o.status, o.reason, o.source_id) for o in observer.outcomes] == [
+        (stage, "rejected", reason, source_id)
+    ] * 2
+    sent = [json.loads(o.payload or b"") for o in observer.outcomes]
+    assert [m["messageId"] for m in sent] == [m["messageId"] for m in messages]
+    assert await redis.xlen(stream_key(settings.key_prefix)) == 0
+
+
+async def test_observers_see_a_message_rejected_at_normalisation_as_sent(
+    settings: Settings,
+) -> None:
+    observer = CollectingObserver()
+    good, bad = track(), {"type": "track", "messageId": "m-bad", "userId": "u"}  # no event
+    async with collector_client(settings, static_keys(), (observer, "observer")) as client:
+        response = await client.post("/v1/batch", json={"batch": [good, bad]}, headers=AUTH_HEADERS)
+    assert response.status_code == 200
+    [rejected] = [o for o in observer.outcomes if o.status == "rejected"]
+    assert (rejected.stage, rejected.reason, rejected.message_id) == (
+        "normalise",
+        "missing_event",
+        "m-bad",
+    )
+    assert json.loads(rejected.payload or b"") == bad
 
 
 # --- fan-out: one broken plugin does not break the others ------------------------------------
@@ -497,14 +558,16 @@ async def test_failing_observer_does_not_stop_the_others(
 
     assert status == 200, body
     assert body["accepted"] == 1
-    assert broken.calls == 1
+    # Told after normalisation and after the append, and broken both times.
+    assert broken.calls == 2
     assert [(o.stage, o.status, o.message_id) for o in working.outcomes] == [
-        ("buffer", "buffered", message["messageId"])
+        ("normalise", "accepted", message["messageId"]),
+        ("buffer", "buffered", message["messageId"]),
     ]
     assert await redis.xlen(stream_key(settings.key_prefix)) == 1
     assert [record.getMessage() for record in failures.records] == [
         "observer broken-observer failed"
-    ]
+    ] * 2
 
 
 async def test_failing_sink_does_not_stop_another_sink(
@@ -614,7 +677,11 @@ async def test_gate_plugin_that_raises_answers_500_and_buffers_nothing(
     # Not even the dedupe marker: the client's retry must not be taken for a duplicate.
     seen = [key async for key in redis.scan_iter(match=f"{seen_key_prefix(settings.key_prefix)}*")]
     assert seen == []
-    assert observer.outcomes == []
+    # Observers are told of the refusal (and never of a buffered event).
+    assert observer.outcomes, "a refused request is reported to observers"
+    refused = observer.outcomes[-1]
+    assert (refused.status, refused.reason) == ("rejected", code)
+    assert all(o.status in ("accepted", "rejected") for o in observer.outcomes)
 
 
 # --- capability names are unique across plugins ----------------------------------------------

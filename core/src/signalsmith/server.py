@@ -96,12 +96,17 @@ def worker_app() -> Any:
     port and the warehouse after it. SIGHUP and SIGINT are the serve process's to act on: it
     ignores the first and stops the worker in order on the second.
     """
-    from signalsmith.app import create_app
+    from signalsmith.collector import create_app
+    from signalsmith.embedded_worker import EmbeddedWorker
 
     parent = multiprocessing.parent_process()
     die_with_parent(signal.SIGTERM, parent.pid if parent is not None else os.getppid())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    app = create_app()
+    settings = Settings.from_env()
+    # On the embedded defaults the worker runs here too (see the module docstring).
+    app = create_app(
+        settings, companions=[EmbeddedWorker()] if settings.embedded_worker else []
+    )
     app.on_startup.append(_leave_interrupts_to_serve)
     return app
 

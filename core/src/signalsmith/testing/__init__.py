@@ -9,11 +9,12 @@ configuration does). Everything here talks to real components: a real Redis serv
 from __future__ import annotations
 
 from signalsmith.cli import build_cli
-from signalsmith.embedded import RedisServerProcess
+from signalsmith.embedded import RedisServerProcess, free_port
 from signalsmith.plugins import plugin_infos
 from signalsmith.testing.factories import alias, group, identify, message_id, page, screen, track
 from signalsmith.testing.harness import (
     RunningWorker,
+    collector_app,
     collector_client,
     plugin_manager,
     registered_sinks,
@@ -31,7 +32,9 @@ __all__ = [
     "alias",
     "build_cli",
     "capture_sink_plugin",
+    "collector_app",
     "collector_client",
+    "free_port",
     "group",
     "identify",
     "message_id",

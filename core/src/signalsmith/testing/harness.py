@@ -81,6 +81,22 @@ async def runtime_for(
         await stop_runtime(runtime, close_redis=redis is None)
 
 
+def collector_app(
+    settings: Settings,
+    *plugins: PluginSpec,
+    entry_points: Iterable[str] | None = (),
+    pm: pluggy.PluginManager | None = None,
+) -> Litestar:
+    """The collector app with these plugins (and, when ``settings.embedded_worker``, the
+    worker in its process, as `signalsmith serve` runs it on the embedded defaults)."""
+    from signalsmith.collector import create_app
+    from signalsmith.embedded_worker import EmbeddedWorker
+
+    manager = pm if pm is not None else plugin_manager(*plugins, entry_points=entry_points)
+    companions = [EmbeddedWorker()] if settings.embedded_worker else []
+    return create_app(settings, manager, companions=companions)
+
+
 @asynccontextmanager
 async def collector_client(
     settings: Settings,
@@ -88,12 +104,10 @@ async def collector_client(
     entry_points: Iterable[str] | None = (),
     pm: pluggy.PluginManager | None = None,
 ) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    """An HTTP client on the collector app with these plugins, its lifespan run (so its
-    runtime is started and stopped with the client)."""
-    from signalsmith.app import create_app
-
-    manager = pm if pm is not None else plugin_manager(*plugins, entry_points=entry_points)
-    async with AsyncTestClient(create_app(settings, manager)) as client:
+    """An HTTP client on the collector app with these plugins (see ``collector_app``), its
+    lifespan run (so its runtime is started and stopped with the client)."""
+    app = collector_app(settings, *plugins, entry_points=entry_points, pm=pm)
+    async with AsyncTestClient(app) as client:
         yield client
 
 
