@@ -104,9 +104,7 @@ def worker_app() -> Any:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     settings = Settings.from_env()
     # On the embedded defaults the worker runs here too (see the module docstring).
-    app = create_app(
-        settings, companions=[EmbeddedWorker()] if settings.embedded_worker else []
-    )
+    app = create_app(settings, companions=[EmbeddedWorker()] if settings.embedded_worker else [])
     app.on_startup.append(_leave_interrupts_to_serve)
     return app
 

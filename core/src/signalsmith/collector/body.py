@@ -267,5 +267,3 @@ class ReadDeadlines:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-

@@ -79,5 +79,3 @@ def _last(header: str | None) -> str:
     """The last value of a comma-separated forwarded header: the one the nearest proxy (the
     trusted one) set; a proxy that appends keeps whatever the client sent before it."""
     return (header or "").split(",")[-1].strip()
-
-

@@ -69,5 +69,3 @@ class HealthCheck:
     def redis_detail(self) -> str:
         status = read_status(self.redis_dir) if self.redis_dir is not None else None
         return f"redis: {status.detail}" if status is not None else ""
-
-

@@ -61,7 +61,6 @@ INGEST_ROUTES: dict[str, Route] = {
 METRICS_PATH = "/v1/m"
 
 
-
 class DroppedReport(msgspec.Struct, frozen=True):
     index: int
     message_id: str = msgspec.field(name="messageId")
@@ -137,7 +136,11 @@ def _refused_answer(verdict: Refused) -> tuple[int, bytes, list[tuple[bytes, byt
         if status == 429:
             reset = verdict.reset_after if verdict.reset_after is not None else verdict.retry_after
             headers.append((b"x-ratelimit-reset", str(reset).encode()))
-    return status, json_encoder.encode(ErrorBody(code=verdict.code, message=verdict.message)), headers
+    return (
+        status,
+        json_encoder.encode(ErrorBody(code=verdict.code, message=verdict.message)),
+        headers,
+    )
 
 
 def timeout_error(timeout: float) -> bytes:
@@ -267,5 +270,3 @@ def make_ingest_handler(state: CollectorState) -> Callable[[Scope, Receive, Send
         await send_json(send, status, answer, [*cors, *headers])
 
     return handle
-
-

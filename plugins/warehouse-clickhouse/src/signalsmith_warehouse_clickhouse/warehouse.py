@@ -50,6 +50,7 @@ from signalsmith_warehouse_clickhouse.rows import (
     PROFILE_TABLES,
     TIMESTAMP,
     Discard,
+    Flattener,
     Row,
     event_rows,
     fixed_columns,
@@ -271,6 +272,8 @@ class ClickHouseWarehouse:
         self._table_kinds: dict[str, tuple[dict[str, str], ColumnKinds]] = {}
         # Event name -> its table, as recorded in `_event_tables`.
         self._event_tables: dict[str, str] = {}
+        # Column names of the key paths events bring, worked out once.
+        self._flattener = Flattener()
         # (source, reason) -> when calls left without a table were last logged.
         self._untabled_warned_at: dict[tuple[str, str], float] = {}
 
@@ -629,7 +632,7 @@ class ClickHouseWarehouse:
         by_table: dict[str, list[Row]] = {}
         discards: list[Discard] = []
         for event in events:
-            rows, set_aside = event_rows(event, loaded_at, tables.get)
+            rows, set_aside = event_rows(event, loaded_at, tables.get, self._flattener)
             discards += set_aside
             if untabled and isinstance(event, Track) and event.event not in tables:
                 discards.append(untabled_properties(event, untabled[event.project_id]))
