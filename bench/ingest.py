@@ -225,8 +225,10 @@ class Server:
         if target == "collector-ref":
             if reference_src is None:
                 raise ValueError("collector-ref needs --reference-src")
-            # Ahead of the editable install on sys.path: this checkout's core is the one imported.
-            env["PYTHONPATH"] = str(reference_src / "core" / "src")
+            # Ahead of the editable installs on sys.path: that checkout's core, and its plugins
+            # (written against its core's hooks), are the ones imported.
+            sources = [reference_src / "core" / "src", *sorted(reference_src.glob("plugins/*/src"))]
+            env["PYTHONPATH"] = os.pathsep.join(str(source) for source in sources)
         signalsmith = str(Path(sys.executable).parent / "signalsmith")
         if worker_only:
             env.update(collector_env)
