@@ -27,6 +27,9 @@ from signalsmith.model import (
     to_segment_dict,
 )
 from signalsmith.records import (
+    VIOLATION_RECORD_FIELD,
+    VIOLATIONS_STREAM,
+    ContractHandling,
     Credentials,
     DeliveryReport,
     DestinationType,
@@ -44,6 +47,8 @@ from signalsmith.records import (
     Transform,
     TransformType,
     Url,
+    Violation,
+    ViolationRecord,
     WorkspaceDestination,
     WorkspaceDocument,
     WorkspaceProblem,
@@ -87,9 +92,12 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "VIOLATIONS_STREAM",
+    "VIOLATION_RECORD_FIELD",
     "AdminClient",
     "Alias",
     "Condition",
+    "ContractHandling",
     "Credentials",
     "DeliveryReport",
     "DestinationType",
@@ -119,6 +127,8 @@ __all__ = [
     "Transform",
     "TransformType",
     "Url",
+    "Violation",
+    "ViolationRecord",
     "WorkspaceDestination",
     "WorkspaceDocument",
     "WorkspaceProblem",
