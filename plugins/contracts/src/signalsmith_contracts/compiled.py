@@ -18,14 +18,7 @@ import msgspec
 
 from signalsmith import Event, Group, Identify, Page, Screen, Track, to_segment_dict
 from signalsmith_contracts.plans import ReadPlan, ReadRule, Rule
-from signalsmith_contracts.schema import (
-    Check,
-    Path,
-    Problem,
-    SchemaError,
-    compile_schema,
-    render_path,
-)
+from signalsmith_contracts.schema import Path, Problem, SchemaError, Validator, render_path
 
 _ABSENT: Any = object()
 _ROOT_KEYWORDS = frozenset({"type", "properties", "required"})
@@ -81,14 +74,11 @@ def compile_event_schema(schema: dict[str, Any] | None, where: Path = ()) -> Eve
     root_type = schema.get("type", "object")
     if keywords <= _ROOT_KEYWORDS and root_type in ("object", ["object"]):
         return _field_checks(schema, where)
-    full = compile_schema(schema, where)
-    if full is None:
-        return None
+    full = Validator(schema, where)
 
     def check_json(event: Event) -> list[Problem]:
-        out: list[Problem] = []
-        full(event_json(event), (), out)
-        return out
+        body = event_json(event)
+        return [] if full.is_valid(body) else full.problems(body, ())
 
     return check_json
 
@@ -97,11 +87,11 @@ def _field_checks(schema: dict[str, Any], where: Path) -> EventCheck | None:
     properties = schema.get("properties") or {}
     if not isinstance(properties, dict):
         raise SchemaError((*where, "properties"), "properties must be an object of schemas")
-    fields: list[tuple[str, Check, Callable[[Event], Any]]] = []
+    fields: list[tuple[str, Validator, Callable[[Event], Any]]] = []
     for wire, sub in properties.items():
-        check = compile_schema(sub, (*where, "properties", wire))
-        if check is not None:
-            fields.append((wire, check, _reader(wire)))
+        if sub is True or sub == {}:
+            continue  # accepts anything: no call at all
+        fields.append((wire, Validator(sub, (*where, "properties", wire)), _reader(wire)))
     required_written = schema.get("required") or []
     if not isinstance(required_written, list) or any(
         not isinstance(name, str) for name in required_written
@@ -119,10 +109,10 @@ def _field_checks(schema: dict[str, Any], where: Path) -> EventCheck | None:
 
     def check(event: Event) -> list[Problem]:
         out: list[Problem] = []
-        for wire, sub, read in listed:
+        for wire, validator, read in listed:
             value = read(event)
-            if value is not _ABSENT:
-                sub(value, (wire,), out)
+            if value is not _ABSENT and not validator.is_valid(value):
+                out += validator.problems(value, (wire,))
         for wire, read in required:
             if read(event) is _ABSENT:
                 out.append(
