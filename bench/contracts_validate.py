@@ -170,7 +170,8 @@ def jsonschema_rs_candidate() -> tuple[Callable[..., Any], Callable[..., Any]]:
     import jsonschema_rs
 
     validators = {
-        name: jsonschema_rs.validator_for(schema) for name, schema in property_schema_by_name().items()
+        name: jsonschema_rs.validator_for(schema)
+        for name, schema in property_schema_by_name().items()
     }
 
     def valid(batch: list[Track]) -> Any:
@@ -185,7 +186,9 @@ def jsonschema_rs_candidate() -> tuple[Callable[..., Any], Callable[..., Any]]:
 def fastjsonschema_candidate() -> tuple[Callable[..., Any], Callable[..., Any]]:
     import fastjsonschema
 
-    validators = {name: fastjsonschema.compile(schema) for name, schema in property_schema_by_name().items()}
+    validators = {
+        name: fastjsonschema.compile(schema) for name, schema in property_schema_by_name().items()
+    }
 
     def run(batch: list[Track]) -> Any:
         found = []
@@ -263,7 +266,8 @@ def jsonschema_candidate() -> tuple[Callable[..., Any], Callable[..., Any]]:
     import jsonschema
 
     validators = {
-        name: jsonschema.Draft7Validator(schema) for name, schema in property_schema_by_name().items()
+        name: jsonschema.Draft7Validator(schema)
+        for name, schema in property_schema_by_name().items()
     }
 
     def run(batch: list[Track]) -> Any:

@@ -29,6 +29,7 @@ MAX_PROBLEMS = 50
 # Longest text of a value quoted in a violation.
 QUOTED_CHARS = 120
 
+
 class Problem(NamedTuple):
     """One failure of a value against a schema: where, which keyword, what was wanted and given."""
 
@@ -196,4 +197,3 @@ def render_path(path: Path) -> str:
         else:
             text += f".{part}" if text else str(part)
     return text
-
