@@ -63,9 +63,14 @@ class Harness:
     async def records(self) -> list[ViolationRecord]:
         return await violation_records(self.redis, self.prefix)
 
-    async def send(self, *messages: dict[str, Any], key: str = WEB_KEY) -> dict[str, Any]:
+    @property
+    def auth(self) -> dict[str, str]:
+        return auth(WEB_KEY)
+
+    async def send(self, *messages: dict[str, Any], key: str = "web") -> dict[str, Any]:
+        write_key = {"web": WEB_KEY, "app": APP_KEY}[key]
         answer = await self.client.post(
-            "/v1/batch", json={"batch": list(messages)}, headers=auth(key)
+            "/v1/batch", json={"batch": list(messages)}, headers=auth(write_key)
         )
         assert answer.status_code == 200, answer.text
         return answer.json()
@@ -76,6 +81,17 @@ def harness(
     client: AsyncTestClient[Litestar], redis: aioredis.Redis, admin_settings: Settings
 ) -> Harness:
     return Harness(client, redis, admin_settings.key_prefix)
+
+
+@pytest.fixture
+def make_harness(redis: aioredis.Redis, admin_settings: Settings) -> Any:
+    """A harness on a client the test built itself (other plugins beside the contracts one)."""
+    return lambda client: Harness(client, redis, admin_settings.key_prefix)
+
+
+@pytest.fixture
+def keys() -> StaticKeys:
+    return KEYS
 
 
 async def apply_workspace(

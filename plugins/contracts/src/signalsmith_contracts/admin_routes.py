@@ -3,10 +3,11 @@ as ``signalsmith contracts violations`` and ``shadow-report`` print them."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import get
 from litestar.exceptions import ClientException
+from litestar.params import QueryParameter
 
 from signalsmith import RuntimeDependency
 from signalsmith_contracts.report import (
@@ -21,7 +22,10 @@ from signalsmith_contracts.store import ContractsStore, violations_maxlen
 
 @get("/contracts/violations")
 async def violations(
-    runtime: RuntimeDependency, since: str = "1h", source: str | None = None, samples: int = 1
+    runtime: RuntimeDependency,
+    since: Annotated[str, QueryParameter()] = "1h",
+    source: Annotated[str | None, QueryParameter()] = None,
+    samples: Annotated[int, QueryParameter()] = 1,
 ) -> ViolationsReport:
     """Violations per source, event and rule over the window (``since``: 1h, 24h, 7d...)."""
     try:
@@ -33,7 +37,9 @@ async def violations(
 
 
 @get("/contracts/shadow-report")
-async def shadow(runtime: RuntimeDependency, source: str | None = None) -> ShadowReport:
+async def shadow(
+    runtime: RuntimeDependency, source: Annotated[str | None, QueryParameter()] = None
+) -> ShadowReport:
     """What each source's shadow plan would have done, beside its enforced plan."""
     return await shadow_report(runtime, ContractsStore(runtime, violations_maxlen()), source=source)
 
