@@ -93,6 +93,7 @@ class ViolationForwarder:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
+        self._grouped = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -118,18 +119,39 @@ class ViolationForwarder:
         enforcer = built.enforcers.get(source_id)
         return enforcer.contract.forward_violations if enforcer is not None else None
 
+    def _forwards(self) -> bool:
+        """Whether any source of the version in use forwards its violations."""
+        active = self.runtime.workspace.active
+        built = active.sections.get(SECTION) if active is not None else None
+        return isinstance(built, BuiltContracts) and any(
+            enforcer.contract.forward_violations is not None
+            for enforcer in built.enforcers.values()
+        )
+
     async def _ensure_group(self) -> None:
+        if self._grouped:
+            return
+        # From when the version in use was applied: violations recorded before forwarding was
+        # configured stay unforwarded.
+        active = self.runtime.workspace.active
+        applied_at = getattr(getattr(active, "stored", None), "applied_at", None)
+        start = f"{int(applied_at.timestamp() * 1000)}-0" if applied_at is not None else "$"
         try:
-            await self.store.redis.xgroup_create(self.store.stream, GROUP, id="$", mkstream=True)
+            await self.store.redis.xgroup_create(self.store.stream, GROUP, id=start, mkstream=True)
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
+        self._grouped = True
 
     async def _run(self) -> None:
         redis = self.store.redis
         backlog = True  # first what this consumer read and did not acknowledge
         while not self._stop.is_set():
             try:
+                if not self._forwards():
+                    # Nothing to do (and no consumer group to hold) until a version forwards.
+                    await self._pause()
+                    continue
                 await self._ensure_group()
                 answer = await redis.xreadgroup(
                     GROUP,
@@ -153,6 +175,7 @@ class ViolationForwarder:
             except Exception:
                 log.exception("forwarding violations failed; trying again in %ss", RETRY_SECONDS)
                 backlog = True
+                self._grouped = False
                 await self._pause()
 
     async def _pause(self) -> None:

@@ -42,6 +42,7 @@ class ViolationsLoader:
         self.warehouse = warehouse
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._grouped = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -55,20 +56,29 @@ class ViolationsLoader:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
 
-    async def _ensure_group(self) -> None:
+    async def _ensure_group(self) -> bool:
+        """Whether there is a stream to read (created by the first violation, not here)."""
+        if self._grouped:
+            return True
+        if not await self.redis.exists(self.stream):
+            return False
         try:
             # From the start of what the stream holds: records written before the first loader
             # ran (the stream is capped, not trimmed by readers) are loaded too.
-            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            await self.redis.xgroup_create(self.stream, self.group, id="0")
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
+        self._grouped = True
+        return True
 
     async def _run(self) -> None:
         backlog = True  # first the entries this consumer read and did not acknowledge
         while not self._stop.is_set():
             try:
-                await self._ensure_group()
+                if not await self._ensure_group():
+                    await self._pause()
+                    continue
                 answer = await self.redis.xreadgroup(
                     self.group,
                     self.consumer,
@@ -87,8 +97,12 @@ class ViolationsLoader:
             except Exception:
                 log.exception("loading violations failed; trying again in %ss", RETRY_SECONDS)
                 backlog = True
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), RETRY_SECONDS)
+                self._grouped = False
+                await self._pause()
+
+    async def _pause(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), RETRY_SECONDS)
 
     async def load(self, entries: list[tuple[Any, dict[Any, Any]]]) -> None:
         records = []
