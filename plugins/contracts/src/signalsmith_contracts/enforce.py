@@ -151,7 +151,8 @@ class Enforcer:
         if unplanned_mode == "omit" and rule is not None and rule.planned is not None:
             values: dict[str, Any] = getattr(event, container)
             planned = rule.planned
-            unplanned = tuple((container, key) for key in values if key not in planned)
+            if not planned.issuperset(values):  # one C call when everything is planned
+                unplanned = tuple((container, key) for key in values if key not in planned)
         if not problems and not common and not unplanned:
             return None
 
