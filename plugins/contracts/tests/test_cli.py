@@ -131,3 +131,22 @@ def test_contracts_test_exits_0_1_or_2_for_ci(settings: Settings, tmp_path: Path
     garbage.write_text('{"type": "track"\n')
     code, _, err = run(settings, "test", plan, str(garbage))
     assert code == 2 and "line 1" in err
+
+
+def test_the_plugin_is_registered_through_its_entry_point(settings: Settings) -> None:
+    from signalsmith.testing import plugin_infos, plugin_manager
+
+    [info] = plugin_infos(plugin_manager(entry_points=["contracts"]))
+    assert info.name == "contracts"
+    assert info.hooks == [
+        "register_admin_routes",
+        "register_commands",
+        "register_workspace_sections",
+        "shutdown",
+        "startup",
+        "validate_events",
+    ]
+    code, out, _ = run(settings, "--help")
+    assert code == 0
+    for command in ("import", "test", "violations", "shadow-report", "infer"):
+        assert command in out
