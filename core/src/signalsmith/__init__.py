@@ -27,9 +27,12 @@ from signalsmith.model import (
     to_segment_dict,
 )
 from signalsmith.records import (
+    VIOLATION_RECORD_FIELD,
+    VIOLATIONS_STREAM,
     BannerSecret,
     BannerValue,
     CliCommand,
+    ContractHandling,
     Credentials,
     DeliveryReport,
     DestinationType,
@@ -47,6 +50,8 @@ from signalsmith.records import (
     Transform,
     TransformType,
     Url,
+    Violation,
+    ViolationRecord,
     WorkspaceDestination,
     WorkspaceDocument,
     WorkspaceProblem,
@@ -90,12 +95,15 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "VIOLATIONS_STREAM",
+    "VIOLATION_RECORD_FIELD",
     "AdminClient",
     "Alias",
     "BannerSecret",
     "BannerValue",
     "CliCommand",
     "Condition",
+    "ContractHandling",
     "Credentials",
     "DeliveryReport",
     "DestinationType",
@@ -125,6 +133,8 @@ __all__ = [
     "Transform",
     "TransformType",
     "Url",
+    "Violation",
+    "ViolationRecord",
     "WorkspaceDestination",
     "WorkspaceDocument",
     "WorkspaceProblem",

@@ -7,6 +7,7 @@ from its signature.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -399,3 +400,53 @@ class SourcePipeline(msgspec.Struct, frozen=True, kw_only=True):
     destinations: tuple[str, ...] = ()
     fields: dict[str, Any] = {}
     sections: dict[str, Any] = {}
+
+
+# --- event contracts (`plugins/contracts`) -------------------------------------------------------
+#
+# A contract stage writes one ``ViolationRecord`` per event it finds fault with to a capped Redis
+# stream, ``runtime.key(VIOLATIONS_STREAM)``, in the entry field ``VIOLATION_RECORD_FIELD``
+# (msgpack). Blocked events live only there, so anything that keeps violations (the warehouse's
+# ``violations`` table) reads that stream: the record is the core's, so neither plugin imports
+# the other.
+
+VIOLATIONS_STREAM = "violations"
+VIOLATION_RECORD_FIELD = "r"
+
+ContractHandling = Literal["allowed", "omitted", "blocked"]
+
+
+class Violation(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One way an event breaks its tracking plan.
+
+    ``type``, ``field`` and ``description`` are what Segment writes to
+    ``context.protocols.violations`` (types ``Required``, ``Invalid Type``, ``Invalid Value``,
+    ``Unplanned Event``; ``field`` is ``properties.price``, or ``(root)`` for the whole event).
+    ``rule`` is the JSON Schema keyword that failed (``required``, ``type``, ``pattern``, ...,
+    or ``unplanned_event``); ``expected`` and ``actual`` say what the plan wanted and what came.
+    """
+
+    type: str
+    field: str
+    description: str
+    rule: str = ""
+    expected: str = ""
+    actual: str = ""
+
+
+class ViolationRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An event a contract found fault with, and what was done with it (``handling``).
+
+    ``event`` is the event as Segment JSON, as it arrived: for a blocked event, the only copy.
+    """
+
+    source_id: str
+    message_id: str
+    event_type: str
+    event_name: str = ""
+    received_at: datetime
+    plan: str = ""
+    event_version: int | None = None
+    handling: ContractHandling
+    violations: tuple[Violation, ...] = ()
+    event: bytes = b""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from signalsmith import BannerValue, CliCommand, Event, Sink, SinkError, hookimpl
 from signalsmith_warehouse_clickhouse.config import WarehouseConfig
+from signalsmith_warehouse_clickhouse.violations import ViolationsLoader
 
 # clickhouse-connect itself is imported only when a warehouse is opened.
 from signalsmith_warehouse_clickhouse.warehouse import ClickHouseWarehouse, WarehouseUnavailable
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from signalsmith import Runtime
 
 STATE_KEY = "warehouse-clickhouse"
+LOADER_KEY = "warehouse-clickhouse.violations"
 
 log = logging.getLogger("signalsmith.warehouse_clickhouse")
 
@@ -63,6 +65,12 @@ async def startup(runtime: Runtime) -> None:
         # connected on first use instead: it may come up after this process.
         await warehouse.open()
     runtime.state[STATE_KEY] = warehouse
+    if runtime.delivers:
+        # Events a contract blocked exist only in the violations stream: load them (and every
+        # violation) into the `violations` table where the warehouse is written.
+        loader = ViolationsLoader(runtime, warehouse, config.sink_name)
+        loader.start()
+        runtime.state[LOADER_KEY] = loader
 
 
 @hookimpl
@@ -77,6 +85,9 @@ def embedded_defaults(runtime: Runtime) -> dict[str, BannerValue]:
 
 @hookimpl
 async def shutdown(runtime: Runtime) -> None:
+    loader = runtime.state.pop(LOADER_KEY, None)
+    if isinstance(loader, ViolationsLoader):
+        await loader.stop()
     warehouse = runtime.state.pop(STATE_KEY, None)
     if warehouse is None:
         return
