@@ -65,15 +65,7 @@ def new_message_id() -> str:
 UNKNOWN_LIBRARY = {"name": "unknown", "version": "unknown"}
 
 
-def normalise_message(
-    message: Any,
-    *,
-    path_type: str | None,
-    request: ParsedRequest,
-    received_at: datetime,
-    source_id: str,
-    client_ip: str | None = None,
-) -> Event:
+def normalise_message(message: Any, *, path_type: str | None, completion: Completion) -> Event:
     """Check one decoded message against the spec and return it as a normalised Event.
 
     Raises ``_Invalid`` with a code and a message naming the problem.
@@ -147,69 +139,100 @@ def normalise_message(
         # sentAt is transport metadata: an unreadable one only costs the skew correction.
         sent_at = None
     known = WIRE_FIELDS[event_type]
-    return _complete(
+    return completion.event(
         cls,
         fields,
-        message_id=raw_message_id,
-        user_id=user_id,
-        anonymous_id=anonymous_id,
-        # The decoded dicts are this request's own, so the tail completes them in place.
-        context=_object(message, "context"),
-        integrations=_object(message, "integrations"),
-        original=original,
-        sent_at=sent_at,
-        extra={
+        raw_message_id,
+        user_id,
+        anonymous_id,
+        _object(message, "context"),
+        _object(message, "integrations"),
+        original,
+        sent_at,
+        {
             key: value
             for key, value in message.items()
             if key not in known and key not in TRANSPORT_KEYS and key not in SERVER_KEYS
         },
-        request=request,
-        received_at=received_at,
-        source_id=source_id,
-        client_ip=client_ip,
     )
 
 
-def _complete(
-    cls: type[EventBase],
-    fields: dict[str, Any],
-    *,
-    message_id: str | None,
-    user_id: str | None,
-    anonymous_id: str | None,
-    context: dict[str, Any],
-    integrations: dict[str, Any],
-    original: datetime | None,
-    sent_at: datetime | None,
-    extra: dict[str, Any],
-    request: ParsedRequest,
-    received_at: datetime,
-    source_id: str,
-    client_ip: str | None,
-) -> Event:
-    """The Event both paths end in, once a message's own fields are checked: the batch's
-    context and integrations merged under the message's, ``context.library`` and the browser's
-    ``context.ip`` defaulted, the clock-skew-corrected timestamp, a messageId if it had none."""
-    if request.context:
-        context = {**request.context, **context}
-    if "library" not in context:
-        context["library"] = dict(UNKNOWN_LIBRARY)
-    if client_ip and "ip" not in context:
-        context["ip"] = client_ip
-    if request.integrations:
-        integrations = {**request.integrations, **integrations}
-    sent_at = sent_at or request.sent_at
-    if original is not None and sent_at is not None:
-        # Segment's clock-skew correction: the device clock's offset is sentAt - receivedAt.
-        try:
-            timestamp = received_at - (sent_at - original)
-        except OverflowError:
-            timestamp = beyond_datetime(original > sent_at)
-    else:
-        timestamp = original or received_at
-    if cls is Track:
-        # Spelled out for the commonest type: unpacking **fields costs more than the rest here.
-        return Track(
+class Completion:
+    """What every message of one request ends in (``event``), once its own fields are
+    checked: the batch's context and integrations merged under the message's,
+    ``context.library`` and the browser's ``context.ip`` defaulted, the clock-skew-corrected
+    timestamp, a messageId if it had none. Made once per request: the per-message call takes
+    only what differs between messages, by position (keyword arguments cost more, and this runs
+    for every event)."""
+
+    __slots__ = ("client_ip", "context", "integrations", "received_at", "sent_at", "source_id")
+
+    def __init__(
+        self,
+        request: ParsedRequest,
+        received_at: datetime,
+        source_id: str,
+        client_ip: str | None,
+    ) -> None:
+        self.context = request.context
+        self.integrations = request.integrations
+        self.sent_at = request.sent_at
+        self.received_at = received_at
+        self.source_id = source_id
+        self.client_ip = client_ip
+
+    def event(
+        self,
+        cls: type[EventBase],
+        fields: dict[str, Any],
+        message_id: str | None,
+        user_id: str | None,
+        anonymous_id: str | None,
+        context: dict[str, Any],
+        integrations: dict[str, Any],
+        original: datetime | None,
+        sent_at: datetime | None,
+        extra: dict[str, Any],
+        /,
+    ) -> Event:
+        # The dicts are this request's own (decoded for it), so they are completed in place.
+        if self.context:
+            context = {**self.context, **context}
+        if "library" not in context:
+            context["library"] = dict(UNKNOWN_LIBRARY)
+        client_ip = self.client_ip
+        if client_ip and "ip" not in context:
+            context["ip"] = client_ip
+        if self.integrations:
+            integrations = {**self.integrations, **integrations}
+        sent_at = sent_at or self.sent_at
+        received_at = self.received_at
+        if original is not None and sent_at is not None:
+            # Segment's clock-skew correction: the device clock's offset is sentAt - receivedAt.
+            try:
+                timestamp = received_at - (sent_at - original)
+            except OverflowError:
+                timestamp = beyond_datetime(original > sent_at)
+        else:
+            timestamp = original or received_at
+        if cls is Track:
+            # Spelled out for the commonest type: unpacking **fields costs more than the rest.
+            return Track(
+                message_id=message_id or new_message_id(),
+                received_at=received_at,
+                timestamp=timestamp,
+                original_timestamp=original,
+                sent_at=sent_at,
+                user_id=user_id,
+                anonymous_id=anonymous_id,
+                context=context,
+                integrations=integrations,
+                project_id=self.source_id,
+                extra=extra,
+                event=fields["event"],
+                properties=fields["properties"],
+            )
+        return cls(  # type: ignore[return-value]
             message_id=message_id or new_message_id(),
             received_at=received_at,
             timestamp=timestamp,
@@ -219,25 +242,10 @@ def _complete(
             anonymous_id=anonymous_id,
             context=context,
             integrations=integrations,
-            project_id=source_id,
+            project_id=self.source_id,
             extra=extra,
-            event=fields["event"],
-            properties=fields["properties"],
+            **fields,
         )
-    return cls(  # type: ignore[return-value]
-        message_id=message_id or new_message_id(),
-        received_at=received_at,
-        timestamp=timestamp,
-        original_timestamp=original,
-        sent_at=sent_at,
-        user_id=user_id,
-        anonymous_id=anonymous_id,
-        context=context,
-        integrations=integrations,
-        project_id=source_id,
-        extra=extra,
-        **fields,
-    )
 
 
 # --- the fast path ------------------------------------------------------------------------------
@@ -308,13 +316,7 @@ def _object_or_empty(value: Any) -> dict[str, Any] | None:
 
 
 def _fast_event(
-    raw: bytes | msgspec.Raw,
-    *,
-    path_type: str | None,
-    request: ParsedRequest,
-    received_at: datetime,
-    source_id: str,
-    client_ip: str | None,
+    raw: bytes | msgspec.Raw, *, path_type: str | None, completion: Completion
 ) -> Event | None:
     """The normalised Event of a well-formed message, or None to take the general path."""
     try:
@@ -370,21 +372,17 @@ def _fast_event(
     original = utc(wire.timestamp)
     if original is None:
         original = utc(wire.originalTimestamp)
-    return _complete(
+    return completion.event(
         cls,
         fields,
-        message_id=message_id,
-        user_id=user_id,
-        anonymous_id=anonymous_id,
-        context=context,
-        integrations=integrations,
-        original=original,
-        sent_at=utc(wire.sentAt),
-        extra={} if wire.metadata is _UNSET else {"_metadata": wire.metadata},
-        request=request,
-        received_at=received_at,
-        source_id=source_id,
-        client_ip=client_ip,
+        message_id,
+        user_id,
+        anonymous_id,
+        context,
+        integrations,
+        original,
+        utc(wire.sentAt),
+        {} if wire.metadata is _UNSET else {"_metadata": wire.metadata},
     )
 
 
@@ -408,16 +406,10 @@ def normalise_messages(
     events: list[Event] = []
     indexes: list[int] = []
     rejected: list[Rejection] = []
+    completion = Completion(request, received_at, source_id, client_ip)
     for index, raw in enumerate(request.messages):
         if len(raw) <= max_message_bytes:
-            fast = _fast_event(
-                raw,
-                path_type=path_type,
-                request=request,
-                received_at=received_at,
-                source_id=source_id,
-                client_ip=client_ip,
-            )
+            fast = _fast_event(raw, path_type=path_type, completion=completion)
             if fast is not None:
                 events.append(fast)
                 indexes.append(index)
@@ -434,14 +426,7 @@ def normalise_messages(
                     "message_too_large",
                     f"message is {size} bytes; at most {max_message_bytes} bytes per message",
                 )
-            event = normalise_message(
-                message,
-                path_type=path_type,
-                request=request,
-                received_at=received_at,
-                source_id=source_id,
-                client_ip=client_ip,
-            )
+            event = normalise_message(message, path_type=path_type, completion=completion)
         except (_Invalid, JsonProblem) as problem:
             if isinstance(problem, JsonProblem):
                 message_id = problem.message_id
