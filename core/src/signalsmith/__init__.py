@@ -13,6 +13,15 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from signalsmith.config import Settings
+from signalsmith.event_paths import (
+    MISSING,
+    EventEdit,
+    EventPath,
+    PathError,
+    PathPattern,
+    kind_of,
+    path_text,
+)
 from signalsmith.fql import Condition, FqlError
 from signalsmith.fql import parse as parse_condition
 from signalsmith.model import (
@@ -36,6 +45,7 @@ from signalsmith.records import (
     Refusal,
     Routing,
     Secret,
+    SettingsError,
     Sink,
     SinkError,
     Source,
@@ -87,6 +97,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "MISSING",
     "AdminClient",
     "Alias",
     "Condition",
@@ -96,12 +107,16 @@ __all__ = [
     "Drop",
     "Event",
     "EventBase",
+    "EventEdit",
+    "EventPath",
     "FqlError",
     "Group",
     "Identify",
     "MissingVariable",
     "Outcome",
     "Page",
+    "PathError",
+    "PathPattern",
     "PermanentSinkError",
     "Refusal",
     "Routing",
@@ -110,6 +125,7 @@ __all__ = [
     "Screen",
     "Secret",
     "Settings",
+    "SettingsError",
     "Sink",
     "SinkError",
     "Source",
@@ -128,7 +144,9 @@ __all__ = [
     "__version__",
     "cli_runtime",
     "hookimpl",
+    "kind_of",
     "parse_condition",
+    "path_text",
     "print_table",
     "resolve_placeholders",
     "run_with_runtime",
