@@ -34,7 +34,10 @@ from signalsmith import (
 MessageType = Literal["track", "identify", "page", "screen", "group", "alias"]
 NamedType = Literal["track", "page", "screen"]
 _GROUP_REFERENCE = re.compile(r"\\(\d+)|\\g<([^>]*)>")
-_NAME_FIELDS = {"event": EventPath("event", writable=True), "name": EventPath("name", writable=True)}
+_NAME_FIELDS = {
+    "event": EventPath("event", writable=True),
+    "name": EventPath("name", writable=True),
+}
 
 
 def _pattern(text: str, replacement: str, setting: str) -> re.Pattern[str]:

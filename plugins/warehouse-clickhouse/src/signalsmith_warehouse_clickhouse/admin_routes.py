@@ -37,7 +37,9 @@ def sql_route(held: Callable[[Runtime], ClickHouseWarehouse | None]) -> Any:
     """The route handler; ``held(runtime)`` is the warehouse this process holds, or None."""
 
     @post("/sql", status_code=200)
-    async def run_sql(runtime: RuntimeDependency, data: Annotated[SqlRequest, Body()]) -> QueryResult:
+    async def run_sql(
+        runtime: RuntimeDependency, data: Annotated[SqlRequest, Body()]
+    ) -> QueryResult:
         """Run one read-only SQL statement against the warehouse this server holds."""
         holder = held(runtime)
         if holder is None:
