@@ -291,10 +291,11 @@ def build_function(settings: FunctionSettings, name: str = "function") -> Any:
             if result.events is None and result.error is None:
                 result.dropped = "not returned by the batch function"
         if new:
-            # Events the function made up: they go after the last input's outputs.
-            last = results[-1]
-            last.events = [*(last.events or []), *new]
-            last.detail = f"the batch function added {len(new)} events"
+            # Events the function made up go after the others, reported as its additions.
+            added = _Result()
+            added.events = new
+            added.detail = f"added by the batch function ({len(new)} events)"
+            results.append(added)
         return results
 
     runner = run_batch if mode == "batch" else run_events
@@ -370,7 +371,9 @@ def build_function(settings: FunctionSettings, name: str = "function") -> Any:
         outcomes: list[Outcome] = []
         errors = 0
         first_error = ""
-        for event, result in zip(events, results, strict=True):
+        for position, result in enumerate(results):
+            # A batch function's additions come last, paired with no input.
+            event = events[position] if position < len(events) else result.events[0]  # type: ignore[index]
             if result.error is not None:
                 errors += 1
                 first_error = first_error or result.error
@@ -414,7 +417,9 @@ def build_function(settings: FunctionSettings, name: str = "function") -> Any:
                 continue
             for index, made in enumerate(result.events):
                 kept.append(made)
-                if len(result.events) > 1:
+                if result.detail is not None:
+                    what = result.detail
+                elif len(result.events) > 1:
                     what = f"fan-out {index + 1} of {len(result.events)}"
                 else:
                     what = "changed " + (", ".join(_changed_fields(event, made)) or "nothing")
@@ -425,8 +430,7 @@ def build_function(settings: FunctionSettings, name: str = "function") -> Any:
                         message_id=made.message_id,
                         source_id=source.id,
                         reason=name,
-                        detail=f"function {name!r}: {what}"
-                        + (f"; {result.detail}" if result.detail else ""),
+                        detail=f"function {name!r}: {what}",
                         event=made,
                     )
                 )
