@@ -173,8 +173,9 @@ async def test_a_slow_function_is_not_waited_for_past_its_budget(functions: str)
     assert "not run: 1 earlier calls are still running" in (second.outcomes[0].detail or "")
     assert stats.skipped_batches == 1
     # The overrunning call stops at its current event (ctx.cancelled), then frees its thread.
-    deadline = time.monotonic() + 5
-    while stats.overrunning and time.monotonic() < deadline:
+    for _ in range(100):
+        if not stats.overrunning:
+            break
         await asyncio.sleep(0.05)
     assert stats.overrunning == 0
     assert time.monotonic() - started < 2.5  # B was never run: one sleep, not two

@@ -128,12 +128,13 @@ class LookupService:
             except BaseException:
                 self.breaker.released()
                 raise
-        if isinstance(result, Found):
-            self.breaker.succeeded()
-            self.cache.put(key, result, time.monotonic())
-        else:
-            self.failures += 1
-            self.breaker.failed()
+            # Told before the next queued lookup asks it.
+            if isinstance(result, Found):
+                self.breaker.succeeded()
+                self.cache.put(key, result, time.monotonic())
+            else:
+                self.failures += 1
+                self.breaker.failed()
         return result
 
     async def _fetch(self, client: httpx.AsyncClient, key: str) -> Found | Failed:
