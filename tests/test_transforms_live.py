@@ -174,7 +174,8 @@ def workspace(directory: Path, crm_url: str, order: list[str]) -> str:
     )
 
 
-def environment(collector: Collector, directory: Path) -> dict[str, str]:
+def environment(directory: Path) -> dict[str, str]:
+    """The test plugin and the function importable, the five transform plugins loaded."""
     return {
         "PYTHONPATH": os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")])),
         "SIGNALSMITH_PLUGIN_MODULES": "signalsmith.testing.env_keys,ss_stamp_plugin",
@@ -233,19 +234,11 @@ def transforming_collector(
     write_key: str,
     own_directory: Path,
 ) -> Collector:
-    env = {
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(own_directory), os.environ.get("PYTHONPATH")])
-        ),
-        "SIGNALSMITH_PLUGIN_MODULES": "signalsmith.testing.env_keys,ss_stamp_plugin",
-        "SIGNALSMITH_LOAD_PLUGINS": f"signalsmith.testing.env_keys,{TRANSFORM_PLUGINS}",
-        "PII_SALT": SALT,
-    }
     return start_collector(
         redis_url=redis_url,
         key_prefix=key_prefix,
         write_keys={write_key: "src-system-test"},
-        extra_env=env,
+        extra_env=environment(own_directory),
     )
 
 
@@ -259,7 +252,7 @@ def test_five_transform_types_and_a_plugin_from_its_own_directory_run_in_the_wor
     tmp_path: Path,
 ) -> None:
     collector = transforming_collector
-    env = environment(collector, own_directory)
+    env = environment(own_directory)
     order = ["first", "legacy-names", "enrich", "bots", "pii", "score", "last"]
     document = tmp_path / "signalsmith.yaml"
     document.write_text(workspace(own_directory, crm.url, order))
@@ -352,7 +345,7 @@ def test_a_bad_setting_is_refused_by_config_apply_with_its_path(
     transforming_collector: Collector, own_directory: Path, crm: Crm, tmp_path: Path
 ) -> None:
     collector = transforming_collector
-    env = environment(collector, own_directory)
+    env = environment(own_directory)
     document = tmp_path / "bad.yaml"
     text = workspace(own_directory, crm.url, ["bots", "score"])
     text = text.replace(
