@@ -285,6 +285,26 @@ class EventEdit:
                 break
         return value
 
+    def merge_at(
+        self, attribute: str, keys: tuple[Key, ...], values: dict[str, Any], *, overwrite: bool
+    ) -> list[str]:
+        """Merge ``values`` into the object at ``keys`` (created when missing), replacing what
+        it holds only when ``overwrite``; the keys that changed. One copy, however many keys."""
+        current = self.get_at(attribute, keys)
+        if current is MISSING or current is None:
+            merged = dict(values)
+        elif isinstance(current, dict):
+            merged = {**current, **values} if overwrite else {**values, **current}
+            if merged == current:
+                return []
+        else:
+            return []
+        if self.set_at(attribute, keys, merged) is not None:
+            return []
+        if current is MISSING or current is None:
+            return list(values)
+        return [key for key in values if current.get(key, MISSING) != merged[key]]
+
     def set(self, path: EventPath, value: Any) -> str | None:
         """Set ``path`` to ``value`` (creating objects on the way); None, or what prevented it."""
         if not path.applies_to(self.event):

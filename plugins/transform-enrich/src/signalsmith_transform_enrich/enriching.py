@@ -50,15 +50,6 @@ class _Batch:
             found.append(text)
 
 
-def _merge(
-    edit: EventEdit, attribute: str, keys: tuple[str, ...], value: Any, overwrite: bool
-) -> bool:
-    """Set a place under an object field unless it holds a value (or ``overwrite``)."""
-    if not overwrite and edit.get_at(attribute, keys) not in (MISSING, None):
-        return False
-    return edit.set_at(attribute, keys, value) is None
-
-
 def build_enrich(settings: EnrichSettings, name: str = "enrich") -> Any:
     """The instance's function: ``apply(source, events)`` (async when it looks things up)."""
     steps: list[Callable[[_Batch], None]] = []
@@ -80,8 +71,8 @@ def build_enrich(settings: EnrichSettings, name: str = "enrich") -> Any:
                     continue
                 changed = [
                     f"context.{group}.{field}"
-                    for (group, field), found in parse(value)
-                    if _merge(edit, "context", (group, field), found, ua.overwrite)
+                    for group, fields in parse(value)
+                    for field in edit.merge_at("context", (group,), fields, overwrite=ua.overwrite)
                 ]
                 if changed:
                     edit.changes.append("user agent: " + ", ".join(changed))
@@ -109,12 +100,9 @@ def build_enrich(settings: EnrichSettings, name: str = "enrich") -> Any:
                     continue
                 if location is None:
                     continue  # a private address, or one the database does not know
-                keys = to_path.rest
-                changed = [
-                    field
-                    for field, found in location.items()
-                    if _merge(edit, to_path.attribute, (*keys, field), found, geo.overwrite)
-                ]
+                changed = edit.merge_at(
+                    to_path.attribute, to_path.rest, location, overwrite=geo.overwrite
+                )
                 if changed:
                     edit.changes.append(f"{to_path.text}: " + ", ".join(changed))
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from ua_parser import BestAvailableResolver, Parser, load_lazy_builtins
 
-Fields = tuple[tuple[tuple[str, str], str], ...]
+# Groups under ``context`` and their fields: (("browser", {"name": "Chrome", ...}), ...).
+Fields = tuple[tuple[str, dict[str, str]], ...]
 
 
 @functools.cache
@@ -32,7 +33,8 @@ def _version(*parts: str | None) -> str | None:
 
 
 def _fields(parser: Parser, user_agent: str) -> Fields:
-    """``((("browser", "name"), "Chrome"), ...)``: places under ``context`` and their values."""
+    """``(("browser", {"name": "Chrome", "version": "120.0.0"}), ...)``: objects under
+    ``context`` and the fields the user agent gives them."""
     result = parser.parse(user_agent)
     found: list[tuple[tuple[str, str], str]] = []
     browser = result.user_agent
@@ -56,7 +58,10 @@ def _fields(parser: Parser, user_agent: str) -> Fields:
                 found.append((("device", "manufacturer"), device.brand))
             if device.model:
                 found.append((("device", "model"), device.model))
-    return tuple(found)
+    groups: dict[str, dict[str, str]] = {}
+    for (group, field), value in found:
+        groups.setdefault(group, {})[field] = value
+    return tuple(groups.items())
 
 
 def user_agent_fields(cache_size: int) -> Callable[[str], Fields]:

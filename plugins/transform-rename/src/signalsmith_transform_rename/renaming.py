@@ -11,7 +11,9 @@ Events are never changed in place: a renamed event is a copy (``signalsmith.Even
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
@@ -150,12 +152,29 @@ class _Scope:
         return True
 
 
+def _renamer(pattern: re.Pattern[str], to: str) -> Callable[[str], str | None]:
+    """The new name for a name ``pattern`` matches whole (None when it does not match).
+
+    Names repeat (the same event names and property keys in every batch), and ``expand``
+    parses its template on every call, so the answers are kept for the names seen last.
+    """
+
+    @functools.lru_cache(maxsize=4096)
+    def rename(name: str) -> str | None:
+        matched = pattern.fullmatch(name)
+        return None if matched is None else matched.expand(to)
+
+    return rename
+
+
 def build_rename(settings: RenameSettings, name: str = "rename") -> Any:
     """The instance's function: ``apply(source, events)``, None when nothing changed."""
     event_rules = [
         (
             rule.from_,
-            _pattern(rule.match, rule.to, "match") if rule.match is not None else None,
+            _renamer(_pattern(rule.match, rule.to, "match"), rule.to)
+            if rule.match is not None
+            else None,
             rule.to,
             frozenset(rule.types),
         )
@@ -170,7 +189,11 @@ def build_rename(settings: RenameSettings, name: str = "rename") -> Any:
         for rule in settings.fields
     ]
     key_rules = [
-        (EventPath(rule.within), re.compile(rule.match), rule.to, _Scope(rule.types, rule.events))
+        (
+            EventPath(rule.within),
+            _renamer(re.compile(rule.match), rule.to),
+            _Scope(rule.types, rule.events),
+        )
         for rule in settings.keys
     ]
     renamed_types = frozenset(t for _, _, _, types in event_rules for t in types)
@@ -183,7 +206,7 @@ def build_rename(settings: RenameSettings, name: str = "rename") -> Any:
         current = getattr(event, attribute)
         if current is None:
             return
-        for exact, pattern, to, types in event_rules:
+        for exact, renamer, to, types in event_rules:
             if event.type not in types:
                 continue
             if exact is not None:
@@ -191,11 +214,11 @@ def build_rename(settings: RenameSettings, name: str = "rename") -> Any:
                     continue
                 new = to
             else:
-                assert pattern is not None
-                matched = pattern.fullmatch(current)
-                if matched is None:
+                assert renamer is not None
+                renamed = renamer(current)
+                if renamed is None:
                     continue
-                new = matched.expand(to)
+                new = renamed
             if new != current:
                 edit.set(_NAME_FIELDS[attribute], new)
                 edit.changes.append(f"{attribute} {current!r} -> {new!r}")
@@ -225,7 +248,7 @@ def build_rename(settings: RenameSettings, name: str = "rename") -> Any:
                     continue
                 edit.pop(source_path)
                 edit.changes.append(f"{source_path.text} -> {target_path.text}")
-            for object_path, pattern, to, scope in key_rules:
+            for object_path, renamer, scope in key_rules:
                 if not object_path.applies_to(edit.event) or not scope.holds(edit.event):
                     continue
                 container = object_path.read(edit.event)
@@ -238,11 +261,8 @@ def build_rename(settings: RenameSettings, name: str = "rename") -> Any:
                     continue
                 keys = object_path.rest
                 for key in list(container):
-                    matched = pattern.fullmatch(key) if isinstance(key, str) else None
-                    if matched is None:
-                        continue
-                    new_key = matched.expand(to)
-                    if new_key == key:
+                    new_key = renamer(key) if isinstance(key, str) else None
+                    if new_key is None or new_key == key:
                         continue
                     value = edit.pop_at(object_path.attribute, (*keys, key))
                     edit.set_at(object_path.attribute, (*keys, new_key), value)
