@@ -227,60 +227,48 @@ class EventEdit:
             self.event = msgspec.structs.replace(self.original)
         return self.event
 
-    def _owned_copy(self, value: Any) -> Any:
-        if id(value) in self._owned:
-            return value
-        copy = dict(value) if isinstance(value, dict) else list(value)
-        self._owned.add(id(copy))
-        return copy
-
     def _container(self, attribute: str, keys: tuple[Key, ...], create: bool) -> Any:
         """The owned container holding ``keys[-1]`` (copying the way there), or a string
         saying what is in the way."""
+        inner = keys[:-1]
         # Look along the way first: nothing is copied or created when the edit cannot be made.
         value: Any = getattr(self.event, attribute)
-        walked = _ROOT_NAMES[attribute]
-        for key in keys[:-1]:
-            value = _get(value, key)
-            walked = f"{walked}.{key}"
+        for depth, key in enumerate(inner):
+            value = value.get(key, MISSING) if type(value) is dict else _get(value, key)
             if value is MISSING or value is None:
                 if not create:
-                    return f"{walked} is missing"
+                    return f"{path_text(_ROOT_NAMES[attribute], inner[: depth + 1])} is missing"
                 break
             if not isinstance(value, dict | list):
-                return f"{walked} is {kind_of(value)}, not an object"
-        event = self._own_event()
-        root = getattr(event, attribute)
-        owned = self._owned_copy(root)
-        if owned is not root:
-            setattr(event, attribute, owned)
-        container: Any = owned
-        walked = _ROOT_NAMES[attribute]
-        for key in keys[:-1]:
-            child = _get(container, key)
-            walked = f"{walked}.{key}"
+                where = path_text(_ROOT_NAMES[attribute], inner[: depth + 1])
+                return f"{where} is {kind_of(value)}, not an object"
+        if self.event is self.original:
+            self.event = msgspec.structs.replace(self.original)
+        event, owned = self.event, self._owned
+        container: Any = getattr(event, attribute)
+        if id(container) not in owned:
+            container = dict(container)
+            owned.add(id(container))
+            setattr(event, attribute, container)
+        for key in inner:
+            child = container.get(key, MISSING) if type(container) is dict else _get(container, key)
             if child is MISSING or child is None:
-                if not create:
-                    return f"{walked} is missing"
                 child = {}
-                self._owned.add(id(child))
+                owned.add(id(child))
                 if _put(container, key, child) is not None:
-                    return f"{walked} cannot be set"
-                container = child
-                continue
-            if not isinstance(child, dict | list):
-                return f"{walked} is {kind_of(child)}, not an object"
-            owned_child = self._owned_copy(child)
-            if owned_child is not child:
-                _put(container, key, owned_child)
-            container = owned_child
+                    return f"{path_text(_ROOT_NAMES[attribute], inner)} cannot be set"
+            elif id(child) not in owned:
+                child = dict(child) if type(child) is dict else list(child)
+                owned.add(id(child))
+                _put(container, key, child)
+            container = child
         return container
 
     def get_at(self, attribute: str, keys: tuple[Key, ...]) -> Any:
         """The value at ``keys`` under the object field ``attribute`` now, or ``MISSING``."""
         value: Any = getattr(self.event, attribute, MISSING)
         for key in keys:
-            value = _get(value, key)
+            value = value.get(key, MISSING) if type(value) is dict else _get(value, key)
             if value is MISSING:
                 break
         return value
@@ -321,6 +309,9 @@ class EventEdit:
         if not isinstance(getattr(self.event, attribute, None), dict) or not keys:
             return f"{self.event.type} events have no {_ROOT_NAMES[attribute]}"
         container = self._container(attribute, keys, create=True)
+        if type(container) is dict:
+            container[keys[-1]] = value
+            return None
         if isinstance(container, str):
             return container
         return _put(container, keys[-1], value)

@@ -203,10 +203,13 @@ def _changed_fields(before: Event, after: Event) -> list[str]:
         return ["type"]
     return [
         wire
-        for field, wire in zip(
-            before.__struct_fields__, before.__struct_encode_fields__, strict=True
+        for wire, old, new in zip(
+            before.__struct_encode_fields__,
+            msgspec.structs.astuple(before),
+            msgspec.structs.astuple(after),
+            strict=True,
         )
-        if getattr(before, field) != getattr(after, field)
+        if old != new
     ]
 
 
