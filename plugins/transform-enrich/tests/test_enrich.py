@@ -388,3 +388,11 @@ def test_the_breaker_on_its_own_clock() -> None:
 def test_bad_settings_are_refused_with_their_path(settings: str, expected: str) -> None:
     [error] = workspace_errors(document(settings), PLUGIN)
     assert error.startswith(expected), error
+
+
+async def test_concurrent_batches_ask_for_a_key_once(service: Service) -> None:
+    service.mode, service.delay = "slow", 0.1  # answers, within the 0.3 s timeout
+    e = lookup_chain(service.url)
+    results = await asyncio.gather(*(run_chain([e], [track(userId="same")]) for _ in range(20)))
+    assert len(service.requests) == 1
+    assert all(r.events[0].context["crm"] == {"plan": "plan-of-same", "tier": 2} for r in results)

@@ -77,6 +77,7 @@ class LookupService:
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._semaphore: asyncio.Semaphore | None = None
+        self._in_flight: dict[str, asyncio.Future[Found | Failed]] = {}
         # Counts, for logs and tests.
         self.requests = 0
         self.failures = 0
@@ -87,6 +88,7 @@ class LookupService:
         if self._client is None or self._client_loop is not loop or self._semaphore is None:
             self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
             self._semaphore = asyncio.Semaphore(self.settings.concurrency)
+            self._in_flight = {}
             self._client_loop = loop
         return self._client, self._semaphore
 
@@ -104,9 +106,17 @@ class LookupService:
         if not wanted:
             return answers
         client, semaphore = self._client_here()
-        tasks = {
-            key: asyncio.ensure_future(self._guarded(client, semaphore, key)) for key in wanted
-        }
+        # A key another request's batch is looking up now is waited for, not asked again: at
+        # start, or when an entry expires, concurrent requests would otherwise all ask.
+        in_flight = self._in_flight
+        tasks: dict[str, asyncio.Future[Found | Failed]] = {}
+        for key in wanted:
+            task = in_flight.get(key)
+            if task is None:
+                task = asyncio.ensure_future(self._guarded(client, semaphore, key))
+                in_flight[key] = task
+                task.add_done_callback(lambda _, key=key: in_flight.pop(key, None))
+            tasks[key] = task
         await asyncio.wait(tasks.values())
         for key, task in tasks.items():
             answers[key] = task.result()
