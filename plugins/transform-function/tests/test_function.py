@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import textwrap
-import time
 import uuid
 from pathlib import Path
 
@@ -48,7 +47,10 @@ def transform_batch(events, ctx):
         e["properties"]["batched"] = len(events)
     return kept + [{"type": "track", "event": "Summary", "userId": "system", "messageId": "sum-1"}]
 
+CALLED = []
+
 def slow(event, ctx):
+    CALLED.append(event.get("event"))
     time.sleep(float(ctx.settings["sleep"]))
     return event
 
@@ -157,19 +159,16 @@ async def test_a_slow_function_is_not_waited_for_past_its_budget(functions: str)
         " settings: {sleep: 1.5}}"
     )
     messages = [track("A"), track("B")]
-    started = time.monotonic()
     result = await run_chain([fn], messages)
-    waited = time.monotonic() - started
-    assert waited < 1.4  # not the function's 1.5 s (x2 events): the budget, plus scheduling
+    stats = fn.apply.stats
+    # Back while the call still runs: the collector stopped waiting at the budget.
+    assert stats.overrunning == 1
     assert [e.event for e in result.events] == ["A", "B"]  # on_timeout: pass
     assert {o.status for o in result.outcomes} == {"skipped"}
     assert "did not finish within 0.2s; passed on unchanged" in (result.outcomes[0].detail or "")
-    stats = fn.apply.stats
-    assert stats.timeouts == 1 and stats.overrunning == 1
-    # One call still runs past its budget: the next batch does not wait for the function.
-    started = time.monotonic()
+    assert stats.timeouts == 1
+    # One call still runs past its budget: the next batch is not handed to the function.
     second = await run_chain([fn], [track("C")])
-    assert time.monotonic() - started < 0.2
     assert "not run: 1 earlier calls are still running" in (second.outcomes[0].detail or "")
     assert stats.skipped_batches == 1
     # The overrunning call stops at its current event (ctx.cancelled), then frees its thread.
@@ -178,7 +177,8 @@ async def test_a_slow_function_is_not_waited_for_past_its_budget(functions: str)
             break
         await asyncio.sleep(0.05)
     assert stats.overrunning == 0
-    assert time.monotonic() - started < 2.5  # B was never run: one sleep, not two
+    called = sys.modules[functions].CALLED
+    assert called == ["A"]  # B was never run (ctx.cancelled), nor C (skipped)
 
 
 async def test_on_timeout_drop_drops_the_batch(functions: str) -> None:
