@@ -156,3 +156,15 @@ def test_no_text_crashes_the_parser_or_an_evaluation(source: str) -> None:
         return
     for event in (TRACK, IDENTIFY, PAGE):
         assert condition(event) in (True, False)
+
+
+def test_a_condition_lists_the_fields_it_reads() -> None:
+    condition = parse(
+        'lowercase(context.traits.email) = "a" and properties.product\\ 1 in ["x"] or exists(userId)'
+    )
+    assert condition.paths == (
+        ("context", "traits", "email"),
+        ("properties", "product 1"),
+        ("userId",),
+    )
+    assert parse("all").paths == ()

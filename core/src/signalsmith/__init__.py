@@ -13,6 +13,15 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from signalsmith.config import Settings
+from signalsmith.event_paths import (
+    MISSING,
+    EventEdit,
+    EventPath,
+    PathError,
+    PathPattern,
+    kind_of,
+    path_text,
+)
 from signalsmith.fql import Condition, FqlError
 from signalsmith.fql import parse as parse_condition
 from signalsmith.model import (
@@ -42,6 +51,7 @@ from signalsmith.records import (
     Refusal,
     Routing,
     Secret,
+    SettingsError,
     Sink,
     SinkError,
     Source,
@@ -95,6 +105,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "MISSING",
     "VIOLATIONS_STREAM",
     "VIOLATION_RECORD_FIELD",
     "AdminClient",
@@ -110,12 +121,16 @@ __all__ = [
     "Drop",
     "Event",
     "EventBase",
+    "EventEdit",
+    "EventPath",
     "FqlError",
     "Group",
     "Identify",
     "MissingVariable",
     "Outcome",
     "Page",
+    "PathError",
+    "PathPattern",
     "PermanentSinkError",
     "Refusal",
     "Routing",
@@ -124,6 +139,7 @@ __all__ = [
     "Screen",
     "Secret",
     "Settings",
+    "SettingsError",
     "Sink",
     "SinkError",
     "Source",
@@ -144,7 +160,9 @@ __all__ = [
     "__version__",
     "cli_runtime",
     "hookimpl",
+    "kind_of",
     "parse_condition",
+    "path_text",
     "print_table",
     "resolve_placeholders",
     "run_with_runtime",

@@ -58,13 +58,20 @@ class FqlError(ValueError):
 
 
 class Condition:
-    """A parsed condition: ``condition(event)`` is True or False, never raises."""
+    """A parsed condition: ``condition(event)`` is True or False, never raises.
 
-    __slots__ = ("_evaluate", "source")
+    ``paths`` lists the event fields it reads, each as its segments (``("context", "ip")``), in
+    the order written, so configuration can check them (a template naming an unknown field).
+    """
 
-    def __init__(self, source: str, evaluate: Evaluator) -> None:
+    __slots__ = ("_evaluate", "paths", "source")
+
+    def __init__(
+        self, source: str, evaluate: Evaluator, paths: tuple[tuple[str, ...], ...] = ()
+    ) -> None:
         self.source = source
         self._evaluate = evaluate
+        self.paths = paths
 
     def __call__(self, event: Any) -> bool:
         try:
@@ -97,7 +104,7 @@ def parse(source: str) -> Condition:
     parser = _Parser(source)
     evaluate = parser.expression()
     parser.expect_end()
-    return Condition(source, evaluate)
+    return Condition(source, evaluate, tuple(parser.paths))
 
 
 # --- reading event fields ---------------------------------------------------------------------
@@ -366,7 +373,8 @@ def _unquote(text: str) -> str:
     return re.sub(r"\\(.)", r"\1", body, flags=re.DOTALL)
 
 
-def _split_path(text: str) -> tuple[str, ...]:
+def split_path(text: str) -> tuple[str, ...]:
+    """A dotted path as its segments; ``\\`` escapes a character (``properties.a\\.b``)."""
     segments, current, index = [], [], 0
     while index < len(text):
         char = text[index]
@@ -390,6 +398,7 @@ class _Parser:
         self.tokens = _tokens(source)
         self.index = 0
         self.depth = 0
+        self.paths: list[tuple[str, ...]] = []
 
     # -- token helpers --
 
@@ -512,7 +521,9 @@ class _Parser:
             following = self._peek()
             if following is not None and following.kind == "punct" and following.text == "(":
                 return self._call(token)
-            return _path_reader(_split_path(token.text))
+            segments = split_path(token.text)
+            self.paths.append(segments)
+            return _path_reader(segments)
         raise FqlError(f"expected a value {self._where(token)}")
 
     def _list(self) -> Evaluator:

@@ -186,13 +186,36 @@ class DeliveryReport(msgspec.Struct, frozen=True, kw_only=True):
 TransformFunction = Callable[[Source, list[Event]], Any]
 
 
+class SettingsError(ValueError):
+    """A setting a plugin's own checks refuse (a regex that does not compile, a condition that
+    does not parse), raised by a settings Struct's ``__post_init__`` or by a type's ``build``.
+
+    ``path`` is where the setting is inside the instance's settings (``("rules", 0, "match")``);
+    the workspace reports it under the instance (``transforms.bots.settings.rules[0].match:
+    ...``), with its line. The message is shown as it is: never put a secret's value in it.
+    """
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = tuple(path)
+        self.message = message
+
+
 class TransformType(msgspec.Struct, frozen=True, kw_only=True):
     """A kind of in-flight transformation a plugin provides (``register_transforms``).
 
     Configuration makes named instances of it: the core checks an instance's settings against
     ``settings`` (a msgspec Struct type; None when the type takes none) and calls
-    ``build(settings)`` once, at startup, for the instance's function, which is called as
-    ``apply(source, events)`` and follows the ``transform_events`` return contract.
+    ``build(settings)`` once per instance, where events are collected, for the instance's
+    function, which is called as ``apply(source, events)`` (it may be async) and follows the
+    ``transform_events`` return contract. A ``build`` that declares a ``name`` parameter gets
+    the instance's name too (``build(settings, name="bots")``), to name it in what it reports.
+
+    Checks that need no more than the settings (a pattern compiles, a condition parses) belong
+    in the settings Struct's ``__post_init__``, raising ``SettingsError``: they run when the
+    workspace is checked, so a bad setting is refused with its path before it is applied.
+    ``build`` may raise ``SettingsError`` too, for what only the collecting process can check
+    (a file there); the process then stays on the version it runs.
     """
 
     name: str

@@ -8,6 +8,7 @@ not fit the type's Struct stop the process with an error naming the instance and
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +16,24 @@ import msgspec
 
 from signalsmith.config import TransformDeclaration
 from signalsmith.hooks import PluginConfigError
-from signalsmith.records import Transform, TransformType
+from signalsmith.records import SettingsError, Transform, TransformFunction, TransformType
+
+
+def build_instance(kind: TransformType, settings: Any, name: str) -> TransformFunction:
+    """``kind.build(settings)``, with ``name=`` when the build function declares it."""
+    try:
+        takes_name = "name" in inspect.signature(kind.build).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+        takes_name = False
+    return kind.build(settings, name=name) if takes_name else kind.build(settings)  # type: ignore[call-arg]
+
+
+def settings_error_text(where: str, error: SettingsError) -> str:
+    """``transforms.bots.settings.rules[0].match: <message>``, as the workspace reports it."""
+    path = where
+    for part in error.path:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return f"{path}: {error.message}"
 
 
 def build_transform(name: str, declaration: TransformDeclaration, kind: TransformType) -> Transform:
@@ -34,7 +52,9 @@ def build_transform(name: str, declaration: TransformDeclaration, kind: Transfor
         except msgspec.ValidationError as error:
             raise PluginConfigError(f"{where}: {_located(error)}") from None
     try:
-        apply = kind.build(settings)
+        apply = build_instance(kind, settings, name)
+    except SettingsError as error:
+        raise PluginConfigError(settings_error_text(where, error)) from None
     except Exception as error:
         raise PluginConfigError(
             f"transforms.{name}: plugin {kind.plugin!r} could not build a {kind.name!r} "

@@ -16,11 +16,13 @@ import msgspec
 
 from signalsmith.records import (
     Routing,
+    SettingsError,
     Sink,
     SourcePipeline,
     Transform,
     WorkspaceDocument,
 )
+from signalsmith.transforms import build_instance, settings_error_text
 from signalsmith.workspace.placeholders import MissingVariable, resolve_placeholders
 from signalsmith.workspace.store import StoredVersion
 from signalsmith.workspace.validation import Registry
@@ -114,7 +116,12 @@ def build_active(
                 instance.written, kind.settings, f"transforms.{name}.settings", environ
             )
             try:
-                apply = kind.build(settings)
+                apply = build_instance(kind, settings, name)
+            except SettingsError as error:
+                # The plugin's own words about a setting (no value of a secret in them).
+                raise BuildFailed(
+                    settings_error_text(f"transforms.{name}.settings", error)
+                ) from error
             except Exception as error:
                 raise BuildFailed(
                     f"transforms.{name}: plugin {kind.plugin!r} could not build a "

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from signalsmith.records import SettingsError
 from signalsmith.workspace.placeholders import holds_placeholder
 from signalsmith.workspace.text import Path, describe
 
@@ -70,6 +71,9 @@ def explain(error: msgspec.ValidationError, written: Any, annotation: Any) -> tu
     assert match is not None
     reason = match.group("reason")
     path, cut = _msgspec_path(match.group("where"))
+    cause = error.__cause__
+    if isinstance(cause, SettingsError):  # a plugin's own check, from a Struct's __post_init__
+        return (*path, *cause.path), cause.message
     found, value = _value_at(written, path) if not cut else (False, None)
     expected = _expected(annotation) if not path else None
     if expected is not None:
@@ -140,6 +144,12 @@ def _check_struct(
         return msgspec.convert(value, struct, strict=True)
     except (msgspec.ValidationError, ValueError, TypeError) as error:
         # A Struct's own __post_init__ checks (rules across fields).
+        if isinstance(error, msgspec.ValidationError) and isinstance(
+            error.__cause__, SettingsError
+        ):
+            where, reason = explain(error, value, struct)
+            report((*path, *where), reason)
+            return None
         report(path, f"{what}: {str(error)[:1].lower() + str(error)[1:]}")
         return None
 
