@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from signalsmith.hooks import Hooks
@@ -113,6 +113,9 @@ def test_any_text_is_checked_or_refused(text: str) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(values)
+# Found by this test: JSON escapes of a surrogate pair, and a lone surrogate.
+@example({"sources": {"0": {"transforms": "\ud800\udc00"}}})
+@example({"sources": {"web": {"transforms": ["\udc00"]}}})
 def test_any_structure_is_checked_or_refused(value: Any) -> None:
     check(DocumentText(text=json.dumps(value), format="json"))
     check(DocumentText(text=yaml.safe_dump(value)))

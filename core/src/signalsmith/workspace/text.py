@@ -138,11 +138,29 @@ class _Composer(Reader, Scanner, Parser, Composer, _CoreResolver):
         _CoreResolver.__init__(self)
 
 
+class _NotText(ValueError):
+    """A string holding a UTF-16 surrogate that is not half of a pair: no text can hold it."""
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _text(text: str) -> str:
+    """``text`` with escaped surrogate pairs (``\\ud83d\\ude00``, as JSON writes characters past
+    U+FFFF) made the one character they stand for; a surrogate left alone is refused."""
+    if _SURROGATE.search(text) is None:
+        return text
+    joined = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    if "\ufffd" in joined and "\ufffd" not in text:
+        raise _NotText(text)
+    return joined
+
+
 def _scalar(node: ScalarNode) -> Any:
     text = node.value
     tag = node.tag
     if tag == _STR:
-        return text
+        return _text(text)
     if tag == _NULL:
         return None
     if tag == _BOOL:
@@ -213,6 +231,13 @@ class _Builder:
                 raise self.fail(f"tag {node.tag!r} cannot be a plain value", where, path)
             try:
                 return _scalar(node)
+            except _NotText:
+                raise self.fail(
+                    "the text holds a lone UTF-16 surrogate (an escape such as \\ud800 that is "
+                    "not half of a pair), which no text can hold",
+                    where,
+                    path,
+                ) from None
             except ValueError:
                 raise self.fail(f"{node.value!r} is not a valid {node.tag}", where, path) from None
         if isinstance(node, SequenceNode):
