@@ -1,7 +1,7 @@
 """Set up the development environment and run SignalSmith or its tests.
 
     python3 dev.py serve      # create .venv, install core and every plugin, run `signalsmith serve`
-    python3 dev.py test       # the same setup, then ruff and the whole test suite
+    python3 dev.py test       # the same setup, then ruff, import-linter and the whole test suite
 
 Needs only Python 3.11+ with pip and venv. The install is repeated only when a
 pyproject.toml changed since the last one.
@@ -68,9 +68,10 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "serve":
         os.execv(str(BIN / "signalsmith"), [str(BIN / "signalsmith"), "serve", *rest])
-    lint = subprocess.run([str(BIN / "ruff"), "check", "."], cwd=ROOT)
-    if lint.returncode != 0:
-        return lint.returncode
+    for lint in (["ruff", "check", "."], ["lint-imports"]):
+        checked = subprocess.run([str(BIN / lint[0]), *lint[1:]], cwd=ROOT)
+        if checked.returncode != 0:
+            return checked.returncode
     return subprocess.run([str(BIN / "python"), "-m", "pytest", *rest], cwd=ROOT).returncode
 
 

@@ -97,9 +97,11 @@ def run_variant(
     for index, payload in enumerate(payloads):
         if sha is not None:
             ids = msgspec.msgpack.encode([str(uuid.uuid4()) for _ in range(ids_per_request)])
-            pipe.evalsha(
-                sha, 1, STREAM, 0, 86_400, SEEN_PREFIX, "bench", payload, ids_per_request, ids
-            )
+            if script == APPEND_SCRIPT:  # ids, then the entry's fields (stream.entry_fields)
+                args = [ids, "v", "1", "src", "bench", "n", ids_per_request, "d", payload]
+            else:  # the frozen variants: source, payload, count, ids
+                args = ["bench", payload, ids_per_request, ids]
+            pipe.evalsha(sha, 1, STREAM, 0, 86_400, SEEN_PREFIX, *args)
         else:
             pipe.xadd(STREAM, {"v": "1", "src": "bench", "n": ids_per_request, "d": payload})
         if index % PIPELINE_DEPTH == PIPELINE_DEPTH - 1:

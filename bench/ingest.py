@@ -11,7 +11,10 @@ runs it), then, for each CPU placement, alternates the targets for several round
 - ``baseline-coalesced``: the same app with the XADDs of concurrent requests pipelined;
 - ``collector``: ``signalsmith serve`` with every installed plugin active and a real write key;
 - ``collector-ref`` (with ``--reference-src DIR``): the same, with the core imported from another
-  checkout's ``DIR/core/src``, to measure a change before/after in one run.
+  checkout's ``DIR/core/src``, to measure a change before/after in one run;
+- ``collector-NAME`` (with ``--workspace NAME=FILE``): the same collector with the workspace
+  document FILE applied (``signalsmith config apply``) before it starts; ``collector`` then runs
+  with a workspace that only lists the source, so the pair differs by what FILE adds (a contract).
 
 Every target gets the same Granian flags (both are served by ``signalsmith.server.granian_server``)
 and a fresh process per measurement. wrk (Debian) drives each scenario closed-loop for the
@@ -58,6 +61,8 @@ from ingest_payloads import SCENARIOS, Scenario, write_template  # noqa: E402
 KEY_PREFIX = "signalsmith"
 STREAM = f"{KEY_PREFIX}:events"
 TARGETS = ("baseline", "baseline-coalesced", "collector")
+# The workspace `collector` runs with when `--workspace` adds targets: the benchmark's source.
+BASE_WORKSPACE = "version: 1\nsources:\n  bench: {}\n"
 HEADLINE_BASELINE = "baseline"
 # Events/s and burst of the bench's write key: far above anything a run sends.
 PERMISSIVE_RATE = 100_000_000
@@ -225,8 +230,10 @@ class Server:
         if target == "collector-ref":
             if reference_src is None:
                 raise ValueError("collector-ref needs --reference-src")
-            # Ahead of the editable install on sys.path: this checkout's core is the one imported.
-            env["PYTHONPATH"] = str(reference_src / "core" / "src")
+            # Ahead of the editable installs on sys.path: that checkout's core, and its plugins
+            # (written against its core's hooks), are the ones imported.
+            sources = [reference_src / "core" / "src", *sorted(reference_src.glob("plugins/*/src"))]
+            env["PYTHONPATH"] = os.pathsep.join(str(source) for source in sources)
         signalsmith = str(Path(sys.executable).parent / "signalsmith")
         if worker_only:
             env.update(collector_env)
@@ -471,6 +478,30 @@ class Bench:
     collector_env: dict[str, str]
     reference_src: Path | None = None
     plugins: list[str] = field(default_factory=list)
+    # Workspace documents by target (``--workspace NAME=FILE`` -> ``collector-NAME``); with any,
+    # ``collector`` runs with BASE_WORKSPACE.
+    workspaces: dict[str, Path] = field(default_factory=dict)
+
+    def apply_workspace(self, target: str) -> None:
+        """Apply the target's workspace to the (just emptied) Redis, as a user would."""
+        if not self.workspaces or not target.startswith("collector"):
+            return
+        document = self.workspaces.get(target)
+        if document is None:
+            document = self.workdir / "base-workspace.yaml"
+            document.write_text(BASE_WORKSPACE)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALSMITH_")}
+        env.update(SIGNALSMITH_REDIS_URL=self.buffer.server.url, SIGNALSMITH_KEY_PREFIX=KEY_PREFIX)
+        signalsmith = str(Path(sys.executable).parent / "signalsmith")
+        applied = subprocess.run(
+            [signalsmith, "config", "apply", str(document)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if applied.returncode != 0:
+            raise RuntimeError(f"applying {document} failed:\n{applied.stdout}{applied.stderr}")
 
     def measure(
         self,
@@ -482,6 +513,7 @@ class Bench:
         rate: float = 0,
     ) -> Run:
         self.buffer.reset()
+        self.apply_workspace(target)
         # The baseline ignores the key, but carries one of the same length, so bodies are equal.
         collector = target.startswith("collector")
         key = self.buffer.create_write_key() if collector else "ss_" + "x" * 32
@@ -635,9 +667,9 @@ def _run_line(run: Run) -> str:
 
 def installed_plugins(collector_env: dict[str, str]) -> list[str]:
     """The plugins a collector started with ``collector_env`` loads (without starting one)."""
+    from signalsmith.boot import plugin_manager_for
     from signalsmith.config import Settings
     from signalsmith.plugins import plugin_infos
-    from signalsmith.runtime import plugin_manager_for
 
     environ = {k: v for k, v in os.environ.items() if not k.startswith("SIGNALSMITH_")}
     settings = Settings.from_env({**environ, **collector_env})
@@ -792,6 +824,33 @@ def report(
                     + " |"
                 )
         lines.append("")
+        for target in targets:
+            if not target.startswith("collector-") or target == "collector-ref":
+                continue
+            lines += [
+                f"With a workspace (`{target}`, paired with `collector` within each round): "
+                f"{target} / collector events/s, and server CPU µs per event without -> with.",
+                "",
+                "| scenario | events/s with / without | CPU µs/event without -> with |",
+                "|---|---|---|",
+            ]
+            for scenario in scenarios:
+                ratios = [1 / r for r in paired_ratios(mine, scenario.name, target, "max") if r]
+                cpu = {
+                    name: _median(
+                        [
+                            r.cpu_us_per_event
+                            for r in mine
+                            if r.scenario == scenario.name and r.target == name and r.kind == "max"
+                        ]
+                    )
+                    for name in ("collector", target)
+                }
+                lines.append(
+                    f"| {scenario.name} | {_spread(ratios, '.2f')} "
+                    f"| {cpu['collector']:.1f} -> {cpu[target]:.1f} |"
+                )
+            lines.append("")
         if "collector-ref" in targets:
             lines += [
                 "Before/after (`collector-ref`: the core of the reference checkout; paired "
@@ -845,6 +904,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument(
+        "--workspace",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="add the target collector-NAME: the collector with workspace FILE applied",
+    )
     parser.add_argument("--no-latency", action="store_true", help="skip the fixed-rate runs")
     parser.add_argument("--no-aof", action="store_true", help="Redis without persistence")
     parser.add_argument(
@@ -888,6 +954,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if (os.cpu_count() or 1) < 2:
         placements = [p for p in placements if p.server_cpus is None]
     collector_env = dict(item.split("=", 1) for item in args.collector_env)
+    workspaces = {}
+    for item in args.workspace:
+        name, _, path = item.partition("=")
+        workspaces[f"collector-{name}"] = Path(path).resolve()
+        if f"collector-{name}" not in targets:
+            targets.append(f"collector-{name}")
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -908,6 +980,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             connections=args.connections,
             collector_env=collector_env,
             reference_src=args.reference_src,
+            workspaces=workspaces,
         )
         for placement in placements if not args.e2e_only else []:
             log(f"{placement.name}: {placement.description}")

@@ -37,7 +37,7 @@ import clickhouse_connect
 from signalsmith.model import Track
 from signalsmith_warehouse_clickhouse import ClickHouseWarehouse, WarehouseConfig
 from signalsmith_warehouse_clickhouse.naming import quote
-from signalsmith_warehouse_clickhouse.rows import event_rows, fixed_columns
+from signalsmith_warehouse_clickhouse.rows import Flattener, event_rows, fixed_columns
 from signalsmith_warehouse_clickhouse.values import cast, kind_of_type
 
 PRODUCTS = [
@@ -196,11 +196,12 @@ def plain_rows(
         ).result_rows
     )
     loaded_at = datetime.now(UTC)
+    flattener = Flattener()
     prepared = []
     for batch in event_batches:
         by_table: dict[str, list[Any]] = {}
         for event in batch:
-            for row in event_rows(event, loaded_at, mapping.__getitem__)[0]:
+            for row in event_rows(event, loaded_at, mapping.__getitem__, flattener)[0]:
                 columns = tables[row.table]
                 values = {
                     name: cast(value, kind_of_type(columns[name]))

@@ -10,7 +10,7 @@ first 2,000 events create the tables and are not timed. Reports events/s, the pr
 event (chDB's own threads included), and the wall time per event of the phases of a batch,
 measured by wrapping them:
 
-- decode: stream entries to Events (``signalsmith.worker._decode_entry``);
+- decode: stream entries to Events (``signalsmith.stream.decode_entry``);
 - rows: events to rows, flattened (``event_rows``);
 - casts: values checked and cast to their columns, schemas evolved (``_prepare``);
 - row lists: rows laid out in column order (``_insert`` minus ``_insert_rows``);
@@ -36,11 +36,11 @@ from typing import Any
 
 from warehouse_insert import make_events
 
-import signalsmith.worker as worker_module
+import signalsmith.stream as stream_module
+from signalsmith.boot import start_runtime, stop_runtime
 from signalsmith.buffer import EventBuffer
 from signalsmith.config import Settings
 from signalsmith.gc_tuning import tune_gc
-from signalsmith.runtime import start_runtime, stop_runtime
 from signalsmith.worker import Worker
 from signalsmith_warehouse_clickhouse import warehouse as warehouse_module
 
@@ -68,7 +68,7 @@ def timed(owner: Any, name: str, label: str) -> None:
     setattr(owner, name, wrapper)
 
 
-timed(worker_module, "_decode_entry", "decode")
+timed(stream_module, "decode_entry", "decode")
 timed(warehouse_module, "event_rows", "rows")
 timed(warehouse_module.ClickHouseWarehouse, "_prepare", "casts")
 timed(warehouse_module.ClickHouseWarehouse, "_insert", "insert")

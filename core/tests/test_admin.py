@@ -13,11 +13,9 @@ from litestar.testing import AsyncTestClient
 
 from signalsmith import hookimpl
 from signalsmith.admin import ensure_admin_token
-from signalsmith.app import create_app
 from signalsmith.config import Settings
-from signalsmith.plugins import build_plugin_manager
 from signalsmith.records import Source
-from signalsmith.testing import StaticKeys
+from signalsmith.testing import StaticKeys, collector_app
 
 WRITE_KEY = "wk-admin-test"
 ADMIN_TOKEN = "ssadm_test-token-0123456789"
@@ -36,14 +34,11 @@ class AdminRoutes:
 
 
 def app_for(settings: Settings, token: str | None):  # type: ignore[no-untyped-def]
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[
-            (StaticKeys({WRITE_KEY: Source(id="web", name="web")}), "keys"),
-            (AdminRoutes(), "admin-routes"),
-        ],
+    return collector_app(
+        msgspec.structs.replace(settings, admin_token=token),
+        (StaticKeys({WRITE_KEY: Source(id="web", name="web")}), "keys"),
+        (AdminRoutes(), "admin-routes"),
     )
-    return create_app(msgspec.structs.replace(settings, admin_token=token), pm)
 
 
 @pytest.mark.parametrize("path", ["/api/v1/admin/status", "/api/v1/admin/echo"])

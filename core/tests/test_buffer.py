@@ -10,10 +10,11 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from signalsmith.buffer import EventBuffer, stream_key
+from signalsmith.buffer import EventBuffer
 from signalsmith.config import Settings
 from signalsmith.embedded import RedisServerProcess
 from signalsmith.model import Track, event_list_decoder
+from signalsmith.stream import stream_key
 
 
 def _events(*message_ids: str) -> list[Track]:

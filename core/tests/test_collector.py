@@ -26,12 +26,11 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from signalsmith import hookimpl
-from signalsmith.app import (
+from signalsmith.collector.body import (
     BodyIncomplete,
     BodyTimeout,
     BodyTooLarge,
     ReadDeadlines,
-    create_app,
     read_body,
 )
 from signalsmith.config import Settings
@@ -41,9 +40,17 @@ from signalsmith.model import (
     Group,
     Identify,
 )
-from signalsmith.plugins import build_plugin_manager
 from signalsmith.records import Credentials, Source
-from signalsmith.testing import StaticKeys, alias, group, identify, page, screen, track
+from signalsmith.testing import (
+    StaticKeys,
+    alias,
+    collector_app,
+    group,
+    identify,
+    page,
+    screen,
+    track,
+)
 from signalsmith.testing.stream import events_by_message_id, read_entries, read_events
 
 KEY = "wk_collector_test_7f3a9c"
@@ -83,8 +90,7 @@ def keys() -> RecordingKeys:
 @pytest.fixture
 def app_for(keys: RecordingKeys) -> Callable[[Settings], Litestar]:
     def build(settings: Settings) -> Litestar:
-        pm = build_plugin_manager(load_entry_points=False, extra_plugins=[(keys, "keys")])
-        return create_app(settings, pm)
+        return collector_app(settings, (keys, "keys"))
 
     return build
 

@@ -27,12 +27,10 @@ from hypothesis import strategies as st
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from signalsmith.app import create_app
 from signalsmith.buffer import stream_key
 from signalsmith.config import Settings
-from signalsmith.plugins import build_plugin_manager
 from signalsmith.records import Source
-from signalsmith.testing import StaticKeys
+from signalsmith.testing import StaticKeys, collector_client
 from signalsmith.testing.stream import decode_entry
 
 KEY = "wk_property_test_5c1d"
@@ -210,8 +208,7 @@ items = st.one_of(
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[AsyncTestClient[Litestar]]:
     keys = StaticKeys({KEY: Source(id="src-property", name="property tests")})
-    pm = build_plugin_manager(load_entry_points=False, extra_plugins=[(keys, "keys")])
-    async with AsyncTestClient(create_app(settings, pm)) as test_client:
+    async with collector_client(settings, (keys, "keys")) as test_client:
         yield test_client
 
 

@@ -9,15 +9,8 @@ from typing import Any
 import pytest
 
 from signalsmith.model import Alias, Group, Identify, Page, Screen, Track
-from signalsmith.normalize import (
-    MAX_MESSAGE_ID_LENGTH,
-    NormalisedBatch,
-    ParsedRequest,
-    RequestError,
-    normalise_messages,
-    parse_request,
-    parse_time,
-)
+from signalsmith.normalize import MAX_MESSAGE_ID_LENGTH, NormalisedBatch, normalise_messages
+from signalsmith.parsing import ParsedRequest, RequestError, parse_request, parse_time
 from signalsmith.testing import alias, group, identify, page, screen, track
 
 RECEIVED = datetime(2026, 11, 26, 12, 0, 0, 500_000, tzinfo=UTC)
@@ -88,7 +81,7 @@ def test_batch_endpoint_requires_a_batch_array() -> None:
         with pytest.raises(RequestError) as caught:
             parse(body, batch=True)
         assert caught.value.code == "invalid_batch"
-        assert caught.value.status == 400
+        assert not caught.value.too_large
 
 
 @pytest.mark.parametrize(
@@ -98,7 +91,7 @@ def test_invalid_json_is_a_400(body: bytes) -> None:
     with pytest.raises(RequestError) as caught:
         parse(body, raw=True)
     assert caught.value.code == "invalid_json"
-    assert caught.value.status == 400
+    assert not caught.value.too_large
     assert caught.value.message
 
 
@@ -113,7 +106,7 @@ def test_batch_message_count_limit() -> None:
     with pytest.raises(RequestError) as caught:
         parse({"batch": [small] * (MAX_MESSAGES + 1)}, batch=True)
     assert caught.value.code == "too_many_messages"
-    assert caught.value.status == 413
+    assert caught.value.too_large
 
 
 def test_single_message_size_limit() -> None:
@@ -125,7 +118,7 @@ def test_single_message_size_limit() -> None:
     with pytest.raises(RequestError) as caught:
         parse({**exact, "pad": exact["pad"] + "x"}, batch=False)
     assert caught.value.code == "message_too_large"
-    assert caught.value.status == 413
+    assert caught.value.too_large
 
 
 def test_envelope_fields() -> None:

@@ -15,13 +15,8 @@ import msgspec
 import pytest
 
 from signalsmith.json_input import JsonProblem, decode_json
-from signalsmith.normalize import (
-    ParsedRequest,
-    _fast_event,
-    _Invalid,
-    normalise_message,
-    parse_request,
-)
+from signalsmith.normalize import Completion, _fast_event, _Invalid, normalise_message
+from signalsmith.parsing import ParsedRequest, parse_request
 from signalsmith.testing import alias, group, identify, page, screen, track
 
 RECEIVED = datetime(2026, 11, 26, 12, 0, 0, 500_000, tzinfo=UTC)
@@ -138,9 +133,19 @@ def _request(envelope: dict[str, Any], message: dict[str, Any]) -> ParsedRequest
     return parse_request(body, batch=True, max_messages=10, max_message_bytes=32 * 1024)
 
 
-def _general(request: ParsedRequest, raw: bytes, **options: Any) -> Any:
+def _fast(request: ParsedRequest, raw: Any, path_type: str | None, **options: Any) -> Any:
+    completion = Completion(
+        request, options["received_at"], options["source_id"], options["client_ip"]
+    )
+    return _fast_event(raw, path_type=path_type, completion=completion)
+
+
+def _general(request: ParsedRequest, raw: bytes, path_type: str | None, **options: Any) -> Any:
+    completion = Completion(
+        request, options["received_at"], options["source_id"], options["client_ip"]
+    )
     try:
-        return normalise_message(decode_json(raw), request=request, **options)
+        return normalise_message(decode_json(raw), path_type=path_type, completion=completion)
     except (_Invalid, JsonProblem) as problem:
         return problem.code
 
@@ -164,7 +169,7 @@ def test_fast_path_agrees_with_the_general_path(
         "source_id": "src-1",
         "client_ip": client_ip,
     }
-    fast = _fast_event(raw, request=request, **options)
+    fast = _fast(request, raw, **options)
     if fast is None:
         return
     general = _general(request, bytes(raw), **options)
@@ -183,14 +188,7 @@ def test_common_messages_take_the_fast_path() -> None:
         request = _request({"sentAt": SENT}, message)
         [raw] = request.messages
         path_type = None if "type" in message else "track"
-        event = _fast_event(
-            raw,
-            path_type=path_type,
-            request=request,
-            received_at=RECEIVED,
-            source_id="s",
-            client_ip=None,
-        )
+        event = _fast(request, raw, path_type, received_at=RECEIVED, source_id="s", client_ip=None)
         assert event is not None, message
 
 
@@ -212,7 +210,7 @@ def test_what_the_typed_decoders_cannot_hold_takes_the_general_path(
     request = _request({}, message)
     [raw] = request.messages
     options = {"path_type": None, "received_at": RECEIVED, "source_id": "s", "client_ip": None}
-    assert _fast_event(raw, request=request, **options) is None
+    assert _fast(request, raw, **options) is None
     general = _general(request, bytes(raw), **options)
     if isinstance(expected, str):
         assert general == expected
@@ -231,8 +229,6 @@ def test_skew_correction_on_the_fast_path() -> None:
     message = track(timestamp=original.isoformat())
     request = _request({"sentAt": (RECEIVED + timedelta(hours=1)).isoformat()}, message)
     [raw] = request.messages
-    event = _fast_event(
-        raw, path_type=None, request=request, received_at=RECEIVED, source_id="s", client_ip=None
-    )
+    event = _fast(request, raw, None, received_at=RECEIVED, source_id="s", client_ip=None)
     assert event is not None
     assert event.timestamp == RECEIVED - timedelta(seconds=2)

@@ -23,35 +23,37 @@ import pluggy
 import pytest
 import redis.asyncio as aioredis
 from click.testing import CliRunner
-from litestar.testing import AsyncTestClient
 
 from signalsmith import hookimpl, hookspecs
-from signalsmith.app import create_app
-from signalsmith.buffer import dead_letter_key, seen_key_prefix, stream_key
+from signalsmith.boot import plugin_manager_for
+from signalsmith.buffer import seen_key_prefix
 from signalsmith.cli import build_cli
 from signalsmith.config import Settings
-from signalsmith.model import Event, Track, event_list_decoder
-from signalsmith.plugins import (
-    PluginConfigError,
-    build_plugin_manager,
-    impls_in_call_order,
-    plugin_infos,
-    registered_sinks,
-    registered_transforms,
-)
+from signalsmith.hooks import Hooks
+from signalsmith.model import Event, Track
+from signalsmith.plugins import PluginConfigError, build_plugin_manager, plugin_infos
 from signalsmith.records import (
     Credentials,
     Drop,
     Outcome,
     PluginInfo,
+    Refusal,
     Sink,
     Source,
     StageResult,
-    Transform,
+    TransformType,
 )
-from signalsmith.runtime import Runtime, plugin_manager_for, start_runtime, stop_runtime
-from signalsmith.testing import StaticKeys, capture_sink_plugin, track
-from signalsmith.worker import Worker
+from signalsmith.runtime import Runtime
+from signalsmith.stream import dead_letter_key, stream_key
+from signalsmith.testing import (
+    StaticKeys,
+    capture_sink_plugin,
+    collector_client,
+    plugin_manager,
+    running_worker,
+    track,
+)
+from signalsmith.testing.stream import read_events
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "plugin-hooks.md"
 
@@ -260,16 +262,13 @@ class RecordingHandler(logging.Handler):
 
 async def buffered_events(redis: aioredis.Redis, settings: Settings) -> list[Event]:
     """Every event in the stream, in order, decoded as a consumer would."""
-    events: list[Event] = []
-    for _entry_id, fields in await redis.xrange(stream_key(settings.key_prefix)):
-        events.extend(event_list_decoder.decode(fields[b"d"]))
-    return events
+    return await read_events(redis, settings.key_prefix)
 
 
 async def post_track(
     settings: Settings, pm: pluggy.PluginManager, message: dict[str, Any]
 ) -> tuple[int, Any]:
-    async with AsyncTestClient(create_app(settings, pm)) as client:
+    async with collector_client(settings, pm=pm) as client:
         response = await client.post("/v1/track", json=message, headers=AUTH_HEADERS)
     return response.status_code, response.json()
 
@@ -281,34 +280,27 @@ async def test_collector_stages_run_in_documented_order(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
     recorder = StageRecorder()
-    pm = build_plugin_manager(
-        load_entry_points=False, extra_plugins=[static_keys(), (recorder, "recorder")]
-    )
+    pm = plugin_manager(static_keys(), (recorder, "recorder"))
     message = track("Order Completed")
 
     status, body = await post_track(settings, pm, message)
 
     assert status == 200, body
     assert body["accepted"] == 1
-    assert [name for name, _ in recorder.calls] == [
-        "startup",
-        "authenticate",
-        "admit_events",
-        "validate_events",
-        "transform_events",
-        "apply_consent",
-        "observe_outcomes",
+    # Observers hear of each stage as it happens: normalisation, each stage that reported
+    # something (the transform), and the buffer, after the append.
+    assert recorder.calls[1:] == [
+        ("authenticate", (WRITE_KEY,)),
+        ("admit_events", (SOURCE.id, 1, "/v1/track")),
+        ("observe_outcomes", ([("normalise", "accepted")], 0)),
+        ("validate_events", (["Order Completed"], 0)),
+        ("transform_events", ["Order Completed"]),
+        ("observe_outcomes", ([("transform", "transformed")], 0)),
+        # Every stage sees the previous stage's output: consent sees the transform's rename.
+        ("apply_consent", (["Renamed Event"], 0)),
+        ("observe_outcomes", ([("buffer", "buffered")], 1)),
     ]
-    seen = dict(recorder.calls)
-    assert seen["startup"] == "collector"
-    assert seen["authenticate"] == (WRITE_KEY,)
-    assert seen["admit_events"] == (SOURCE.id, 1, "/v1/track")
-    # Every stage sees the previous stage's output: consent sees the transform's rename.
-    assert seen["validate_events"] == (["Order Completed"], 0)
-    assert seen["transform_events"] == ["Order Completed"]
-    assert seen["apply_consent"] == (["Renamed Event"], 0)
-    # Observers run after the append: the entry is already in the stream when they are told.
-    assert seen["observe_outcomes"] == ([("transform", "transformed"), ("buffer", "buffered")], 1)
+    assert recorder.calls[0] == ("startup", "collector")
 
     assert await redis.xlen(stream_key(settings.key_prefix)) == 1
     [event] = await buffered_events(redis, settings)
@@ -346,11 +338,8 @@ async def test_chained_implementations_each_get_the_previous_output(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
     suffixer = Suffixer()
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[static_keys(), (suffixer, "suffixer"), (Renamer(), "renamer")],
-    )
-    assert [impl.plugin_name for impl in impls_in_call_order(pm, "transform_events")] == [
+    pm = plugin_manager(static_keys(), (suffixer, "suffixer"), (Renamer(), "renamer"))
+    assert [plugin.plugin_name for plugin in Hooks(pm).per_plugin("transform_events")] == [
         "renamer",
         "suffixer",
     ]
@@ -368,7 +357,7 @@ class NamedTransforms:
     """Registers two named transforms; a source lists them, in the order it wants."""
 
     @hookimpl
-    def register_transforms(self, register: Callable[[Transform], None]) -> None:
+    def register_transforms(self, register: Callable[[TransformType], None]) -> None:
         def add_suffix(source: Source, events: list[Event]) -> StageResult:
             return StageResult(
                 events=[msgspec.structs.replace(e, event=f"{e.event} v2") for e in events]
@@ -379,8 +368,8 @@ class NamedTransforms:
                 events=[msgspec.structs.replace(e, event=e.event.upper()) for e in events]
             )
 
-        register(Transform(name="add-suffix", apply=add_suffix))
-        register(Transform(name="shout", apply=shout))
+        register(TransformType(name="add-suffix", build=lambda _settings: add_suffix))
+        register(TransformType(name="shout", build=lambda _settings: shout))
 
 
 @pytest.mark.parametrize(
@@ -395,13 +384,10 @@ async def test_named_transforms_run_in_the_order_the_source_lists(
 ) -> None:
     suffixer = Suffixer()
     source = Source(id="web", name="Website", settings={"transforms": order})
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[
-            (StaticKeys({WRITE_KEY: source}), "static-keys"),
-            (NamedTransforms(), "named"),
-            (suffixer, "suffixer"),
-        ],
+    pm = plugin_manager(
+        (StaticKeys({WRITE_KEY: source}), "static-keys"),
+        (NamedTransforms(), "named"),
+        (suffixer, "suffixer"),
     )
 
     status, body = await post_track(settings, pm, track("Order Completed"))
@@ -418,16 +404,14 @@ async def test_source_naming_an_unknown_transform_gets_a_clear_500(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
     source = Source(id="web", name="Website", settings={"transforms": ["shout", "nope"]})
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[(StaticKeys({WRITE_KEY: source}), "static-keys"), (NamedTransforms(), "n")],
-    )
+    pm = plugin_manager((StaticKeys({WRITE_KEY: source}), "static-keys"), (NamedTransforms(), "n"))
 
     status, body = await post_track(settings, pm, track())
 
     assert status == 500
     assert body["code"] == "unknown_transform"
     assert "'nope'" in body["message"] and "add-suffix, shout" in body["message"]
+    assert "SIGNALSMITH_TRANSFORMS" in body["message"]
     assert await buffered_events(redis, settings) == []
 
 
@@ -451,10 +435,7 @@ async def test_stage_drops_are_reported_to_client_and_observers(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
     observer = CollectingObserver()
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[static_keys(), (ConsentByAnalytics(), "consent"), (observer, "observer")],
-    )
+    pm = plugin_manager(static_keys(), (ConsentByAnalytics(), "consent"), (observer, "observer"))
     allowed = track("Signed Up")
     declined = track(
         "Signed Up",
@@ -464,7 +445,7 @@ async def test_stage_drops_are_reported_to_client_and_observers(
         },
     )
 
-    async with AsyncTestClient(create_app(settings, pm)) as client:
+    async with collector_client(settings, pm=pm) as client:
         response = await client.post(
             "/v1/batch", json={"batch": [allowed, declined]}, headers=AUTH_HEADERS
         )
@@ -479,9 +460,74 @@ async def test_stage_drops_are_reported_to_client_and_observers(
         allowed["messageId"]
     ]
     assert [(o.stage, o.status, o.message_id, o.reason) for o in observer.outcomes] == [
+        ("normalise", "accepted", allowed["messageId"], None),
+        ("normalise", "accepted", declined["messageId"], None),
         ("consent", "dropped", declined["messageId"], "no_consent"),
         ("buffer", "buffered", allowed["messageId"], None),
     ]
+    # Each outcome carries its event: an observer can show what was dropped.
+    [dropped] = [o for o in observer.outcomes if o.status == "dropped"]
+    assert dropped.event is not None and dropped.event.message_id == declined["messageId"]
+
+
+class RateLimited:
+    @hookimpl
+    def admit_events(self) -> Refusal:
+        return Refusal(retry_after=3, message="slow down")
+
+
+@pytest.mark.parametrize(
+    ("plugins", "auth", "stage", "reason", "source_id"),
+    [
+        ((), {"Authorization": "Basic " + base64.b64encode(b"nope:").decode()}, "authenticate",
+         "invalid_write_key", None),
+        ((), {}, "authenticate", "missing_write_key", None),
+        ((RateLimited(),), AUTH_HEADERS, "admit", "rate_limited", SOURCE.id),
+    ],
+    ids=["401-unknown-key", "401-no-key", "429"],
+)  # fmt: skip
+async def test_observers_see_every_refused_message_with_its_raw_json(
+    settings: Settings,
+    redis: aioredis.Redis,
+    plugins: tuple[object, ...],
+    auth: dict[str, str],
+    stage: str,
+    reason: str,
+    source_id: str | None,
+) -> None:
+    """A debugger can show a request refused before any event existed: one outcome per
+    message, with the message as sent and why nothing of it was kept."""
+    observer = CollectingObserver()
+    pm = plugin_manager(static_keys(), (observer, "observer"), *plugins)
+    messages = [track("Signed Up"), track("Order Completed")]
+
+    async with collector_client(settings, pm=pm) as client:
+        response = await client.post("/v1/batch", json={"batch": messages}, headers=auth)
+
+    assert response.status_code in (401, 429)
+    assert [(o.stage, o.status, o.reason, o.source_id) for o in observer.outcomes] == [
+        (stage, "rejected", reason, source_id)
+    ] * 2
+    sent = [json.loads(o.payload or b"") for o in observer.outcomes]
+    assert [m["messageId"] for m in sent] == [m["messageId"] for m in messages]
+    assert await redis.xlen(stream_key(settings.key_prefix)) == 0
+
+
+async def test_observers_see_a_message_rejected_at_normalisation_as_sent(
+    settings: Settings,
+) -> None:
+    observer = CollectingObserver()
+    good, bad = track(), {"type": "track", "messageId": "m-bad", "userId": "u"}  # no event
+    async with collector_client(settings, static_keys(), (observer, "observer")) as client:
+        response = await client.post("/v1/batch", json={"batch": [good, bad]}, headers=AUTH_HEADERS)
+    assert response.status_code == 200
+    [rejected] = [o for o in observer.outcomes if o.status == "rejected"]
+    assert (rejected.stage, rejected.reason, rejected.message_id) == (
+        "normalise",
+        "missing_event",
+        "m-bad",
+    )
+    assert json.loads(rejected.payload or b"") == bad
 
 
 # --- fan-out: one broken plugin does not break the others ------------------------------------
@@ -492,12 +538,9 @@ async def test_failing_observer_does_not_stop_the_others(
 ) -> None:
     broken = BrokenObserver()
     working = CollectingObserver()
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[static_keys(), (working, "working-observer"), (broken, "broken-observer")],
-    )
+    pm = plugin_manager(static_keys(), (working, "working-observer"), (broken, "broken-observer"))
     # The broken observer is called first, so the working one proves the isolation.
-    assert [impl.plugin_name for impl in impls_in_call_order(pm, "observe_outcomes")] == [
+    assert [plugin.plugin_name for plugin in Hooks(pm).per_plugin("observe_outcomes")] == [
         "broken-observer",
         "working-observer",
     ]
@@ -506,7 +549,7 @@ async def test_failing_observer_does_not_stop_the_others(
     # A handler on the pipeline's own logger: the Litestar app reconfigures the root logger
     # when it starts, which detaches pytest's caplog handler.
     failures = RecordingHandler()
-    pipeline_log = logging.getLogger("signalsmith.pipeline")
+    pipeline_log = logging.getLogger("signalsmith.hooks")
     pipeline_log.addHandler(failures)
     try:
         status, body = await post_track(settings, pm, message)
@@ -515,14 +558,16 @@ async def test_failing_observer_does_not_stop_the_others(
 
     assert status == 200, body
     assert body["accepted"] == 1
-    assert broken.calls == 1
+    # Told after normalisation and after the append, and broken both times.
+    assert broken.calls == 2
     assert [(o.stage, o.status, o.message_id) for o in working.outcomes] == [
-        ("buffer", "buffered", message["messageId"])
+        ("normalise", "accepted", message["messageId"]),
+        ("buffer", "buffered", message["messageId"]),
     ]
     assert await redis.xlen(stream_key(settings.key_prefix)) == 1
     assert [record.getMessage() for record in failures.records] == [
         "observer broken-observer failed"
-    ]
+    ] * 2
 
 
 async def test_failing_sink_does_not_stop_another_sink(
@@ -541,31 +586,21 @@ async def test_failing_sink_does_not_stop_another_sink(
             and any(o.status == "dead_lettered" for o in outcomes)
         )
     )
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[
-            static_keys(),
-            (working.plugin, "working-destination"),
-            (broken.plugin, "broken-destination"),
-            (observer, "observer"),
-        ],
+    pm = plugin_manager(
+        static_keys(),
+        (working.plugin, "working-destination"),
+        (broken.plugin, "broken-destination"),
+        (observer, "observer"),
     )
-    async with AsyncTestClient(create_app(settings, pm)) as client:
+    async with collector_client(settings, pm=pm) as client:
         for message in messages:
             response = await client.post("/v1/track", json=message, headers=AUTH_HEADERS)
             assert response.status_code == 200, response.text
     observer.outcomes.clear()  # only the worker's outcomes from here on
 
-    runtime = await start_runtime(settings, "worker", pm=pm)
-    stop = asyncio.Event()
-    running = asyncio.create_task(Worker(runtime, consumer="plugin-hooks-test").run(stop))
-    try:
+    async with running_worker(settings, pm=pm, consumer="plugin-hooks-test"):
         # A safety net for a hang, not a timing assertion.
         await asyncio.wait_for(observer.settled.wait(), timeout=30)
-    finally:
-        stop.set()
-        await running
-        await stop_runtime(runtime)
 
     assert {e.message_id for batch in working.batches for e in batch} == sent
     assert broken.batches == []  # every call raised before recording
@@ -628,10 +663,7 @@ async def test_gate_plugin_that_raises_answers_500_and_buffers_nothing(
     names_plugin: bool,
 ) -> None:
     observer = CollectingObserver()
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[static_keys(), (observer, "observer"), (gate(), "broken-gate")],
-    )
+    pm = plugin_manager(static_keys(), (observer, "observer"), (gate(), "broken-gate"))
 
     status, body = await post_track(settings, pm, track())
 
@@ -645,7 +677,11 @@ async def test_gate_plugin_that_raises_answers_500_and_buffers_nothing(
     # Not even the dedupe marker: the client's retry must not be taken for a duplicate.
     seen = [key async for key in redis.scan_iter(match=f"{seen_key_prefix(settings.key_prefix)}*")]
     assert seen == []
-    assert observer.outcomes == []
+    # Observers are told of the refusal (and never of a buffered event).
+    assert observer.outcomes, "a refused request is reported to observers"
+    refused = observer.outcomes[-1]
+    assert (refused.status, refused.reason) == ("rejected", code)
+    assert all(o.status in ("accepted", "rejected") for o in observer.outcomes)
 
 
 # --- capability names are unique across plugins ----------------------------------------------
@@ -682,15 +718,11 @@ class WarehousePlugin:
 
 
 def test_duplicate_destination_name_is_a_startup_error_naming_both_plugins() -> None:
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[
-            (DestinationPlugin("shared"), "dest-alpha"),
-            (DestinationPlugin("shared"), "dest-beta"),
-        ],
+    pm = plugin_manager(
+        (DestinationPlugin("shared"), "dest-alpha"), (DestinationPlugin("shared"), "dest-beta")
     )
     with pytest.raises(PluginConfigError) as raised:
-        registered_sinks(pm)
+        Hooks(pm).sinks()
     message = str(raised.value)
     assert "'shared'" in message
     assert "dest-alpha" in message
@@ -698,27 +730,21 @@ def test_duplicate_destination_name_is_a_startup_error_naming_both_plugins() -> 
 
 
 def test_sink_name_shared_by_destination_and_warehouse_is_an_error() -> None:
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[
-            (DestinationPlugin("events"), "dest-plugin"),
-            (WarehousePlugin("events"), "warehouse-plugin"),
-        ],
+    pm = plugin_manager(
+        (DestinationPlugin("events"), "dest-plugin"),
+        (WarehousePlugin("events"), "warehouse-plugin"),
     )
     with pytest.raises(PluginConfigError, match="dest-plugin") as raised:
-        registered_sinks(pm)
+        Hooks(pm).sinks()
     assert "warehouse-plugin" in str(raised.value)
 
 
 def test_registered_sinks_are_stamped_with_kind_and_plugin() -> None:
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[
-            (DestinationPlugin("webhook"), "dest-plugin"),
-            (WarehousePlugin("clickhouse"), "warehouse-plugin"),
-        ],
+    pm = plugin_manager(
+        (DestinationPlugin("webhook"), "dest-plugin"),
+        (WarehousePlugin("clickhouse"), "warehouse-plugin"),
     )
-    sinks = {sink.name: (sink.kind, sink.plugin) for sink in registered_sinks(pm)}
+    sinks = {sink.name: (sink.kind, sink.plugin) for sink in Hooks(pm).sinks()}
     assert sinks == {
         "webhook": ("destination", "dest-plugin"),
         "clickhouse": ("warehouse", "warehouse-plugin"),
@@ -727,20 +753,16 @@ def test_registered_sinks_are_stamped_with_kind_and_plugin() -> None:
 
 class LowercaseTransform:
     @hookimpl
-    def register_transforms(self, register: Callable[[Transform], None]) -> None:
-        register(Transform(name="lowercase", apply=lambda source, events: None))
+    def register_transforms(self, register: Callable[[TransformType], None]) -> None:
+        register(TransformType(name="lowercase", build=lambda _settings: lambda s, e: None))
 
 
 def test_duplicate_transform_name_is_an_error_naming_both_plugins() -> None:
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[
-            (LowercaseTransform(), "transforms-one"),
-            (LowercaseTransform(), "transforms-two"),
-        ],
+    pm = plugin_manager(
+        (LowercaseTransform(), "transforms-one"), (LowercaseTransform(), "transforms-two")
     )
     with pytest.raises(PluginConfigError) as raised:
-        registered_transforms(pm)
+        Hooks(pm).transform_types()
     assert "transforms-one" in str(raised.value)
     assert "transforms-two" in str(raised.value)
 
@@ -801,11 +823,8 @@ def test_plugin_modules_are_registered_by_import_path_and_can_be_blocked() -> No
 
 
 async def test_plugins_endpoint_lists_registered_plugins_with_hooks(settings: Settings) -> None:
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[static_keys(), (ObserverWithStartup(), "observer")],
-    )
-    async with AsyncTestClient(create_app(settings, pm)) as client:
+    pm = plugin_manager(static_keys(), (ObserverWithStartup(), "observer"))
+    async with collector_client(settings, pm=pm) as client:
         response = await client.get("/api/v1/plugins")
 
     assert response.status_code == 200, response.text

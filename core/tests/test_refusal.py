@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 import redis.asyncio as aioredis
-from litestar.testing import AsyncTestClient
 
-from signalsmith import hookimpl
-from signalsmith.app import create_app
-from signalsmith.config import Settings
-from signalsmith.plugins import build_plugin_manager
-from signalsmith.records import Refusal, Source
-from signalsmith.testing import StaticKeys, track
+from signalsmith import Refusal, Settings, Source, hookimpl
+from signalsmith.testing import StaticKeys, collector_client, track
 from signalsmith.testing.stream import read_events
 
 KEY = "wk_refusal_test"
@@ -59,14 +54,9 @@ async def test_refusal_status_and_headers(
     status: int,
     headers: dict[str, str],
 ) -> None:
-    pm = build_plugin_manager(
-        load_entry_points=False,
-        extra_plugins=[
-            (StaticKeys({KEY: Source(id="web", name="web")}), "keys"),
-            (Refuses(refusal), "refuses"),
-        ],
-    )
-    async with AsyncTestClient(create_app(settings, pm)) as client:
+    async with collector_client(
+        settings, (StaticKeys({KEY: Source(id="web", name="web")}), "keys"), Refuses(refusal)
+    ) as client:
         response = await client.post("/v1/track", json=track(), auth=(KEY, ""))
 
     assert response.status_code == status

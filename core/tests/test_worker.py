@@ -26,14 +26,22 @@ import pytest
 import redis.asyncio as aioredis
 
 from signalsmith import hookimpl
-from signalsmith.buffer import EventBuffer, dead_letter_key, stream_key
+from signalsmith.boot import start_runtime, stop_runtime
+from signalsmith.buffer import EventBuffer
 from signalsmith.config import Settings
-from signalsmith.model import Event, Track, event_list_decoder, event_list_encoder
+from signalsmith.model import Event, Page, Track, event_list_decoder, event_list_encoder
 from signalsmith.plugins import PluginConfigError, build_plugin_manager
-from signalsmith.records import Outcome, PermanentSinkError, Sink, SinkError
-from signalsmith.runtime import start_runtime, stop_runtime
-from signalsmith.testing import capture_sink_plugin, message_id
-from signalsmith.worker import Worker, trim_acknowledged
+from signalsmith.records import (
+    DeliveryReport,
+    Outcome,
+    PermanentSinkError,
+    Routing,
+    Sink,
+    SinkError,
+)
+from signalsmith.stream import dead_letter_key, stream_key, trim_acknowledged
+from signalsmith.testing import RunningWorker, capture_sink_plugin, message_id, running_worker
+from signalsmith.worker import Worker
 
 DEADLINE_SECONDS = 30.0
 
@@ -67,36 +75,6 @@ async def event_buffer(redis: aioredis.Redis, settings: Settings) -> AsyncIterat
         yield buffer
     finally:
         await buffer.close()
-
-
-class RunningWorker:
-    def __init__(self, worker: Worker, stop: asyncio.Event, task: asyncio.Task[None]) -> None:
-        self.worker = worker
-        self.stop = stop
-        self.task = task
-
-
-@contextlib.asynccontextmanager
-async def running_worker(
-    settings: Settings,
-    *plugins: tuple[object, str],
-    only: list[str] | None = None,
-    **options: Any,
-) -> AsyncIterator[RunningWorker]:
-    """A Worker running in this event loop on a fresh plugin manager, stopped on exit."""
-    pm = build_plugin_manager(load_entry_points=False, extra_plugins=list(plugins))
-    runtime = await start_runtime(settings, "worker", pm=pm)
-    try:
-        worker = Worker(runtime, only, **options)
-        stop = asyncio.Event()
-        task = asyncio.create_task(worker.run(stop))
-        try:
-            yield RunningWorker(worker, stop, task)
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, timeout=DEADLINE_SECONDS)
-    finally:
-        await stop_runtime(runtime)
 
 
 async def wait_until(condition: Callable[[], Any], what: str) -> None:
@@ -399,7 +377,7 @@ async def test_stop_finishes_the_batch_in_flight(settings: Settings, redis: aior
         async with event_buffer(redis, settings) as buffer:
             await buffer.append("src-1", events)
         await asyncio.wait_for(entered.wait(), DEADLINE_SECONDS)
-        running.stop.set()
+        running.stop_event.set()
         await asyncio.sleep(0.2)
         assert not running.task.done()  # it waits for the sink, whose call is still running
         release.set()
@@ -472,7 +450,7 @@ async def test_entries_read_ahead_by_a_stopping_worker_are_taken_over_at_once(
     # A claim idle time far past this test's deadline: only the release makes B take them.
     settings = msgspec.structs.replace(settings, worker_claim_idle_ms=600_000)
     async with held_with_entries_read_ahead(settings, redis) as held:
-        held.running.stop.set()
+        held.running.stop_event.set()
         held.release.set()
         await asyncio.wait_for(held.running.task, DEADLINE_SECONDS)
     # A delivered its batch in flight and kept the rest pending, idle as long as the claim idle
@@ -542,7 +520,7 @@ STUCK_WORKER = textwrap.dedent(
     from signalsmith.config import Settings
     from signalsmith.plugins import build_plugin_manager
     from signalsmith.records import Sink
-    from signalsmith.runtime import start_runtime
+    from signalsmith.boot import start_runtime
     from signalsmith.worker import Worker
 
     redis_url, key_prefix, consumer, marker = sys.argv[1:5]
@@ -791,3 +769,152 @@ async def test_a_worker_without_sinks_idles_until_stopped(
         await asyncio.sleep(0.1)
         assert not running.task.done()
     assert "no sinks to deliver to" in caplog.text
+
+
+# --- routing: the worker hands a sink only what it takes -------------------------------------------
+
+
+def consenting(event: Event, **preferences: bool) -> Event:
+    return msgspec.structs.replace(
+        event, context={**event.context, "consent": {"categoryPreferences": preferences}}
+    )
+
+
+async def test_the_worker_routes_by_type_event_name_consent_and_integrations(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """Each sink gets only the events its Routing takes; the rest are acknowledged for it and
+    observers are told why each one was skipped."""
+    now = datetime.now(UTC)
+    order = make_events(1)[0]
+    order = msgspec.structs.replace(order, event="Order Completed")
+    signup = msgspec.structs.replace(make_events(1)[0], event="Signed Up")
+    page = Page(message_id=message_id(), received_at=now, timestamp=now, project_id="src-1")
+    declined = consenting(
+        msgspec.structs.replace(make_events(1)[0], event="Order Refunded"), marketing=False
+    )
+    granted = consenting(
+        msgspec.structs.replace(make_events(1)[0], event="Order Shipped"), marketing=True
+    )
+    empty_preferences = consenting(msgspec.structs.replace(make_events(1)[0], event="Order Lost"))
+    switched_off = msgspec.structs.replace(
+        make_events(1)[0], event="Order Paid", integrations={"All": False}
+    )
+    events = [order, signup, page, declined, granted, empty_preferences, switched_off]
+    orders = capture_sink_plugin(
+        "orders",
+        routing=Routing(types=("track",), events=("Order *",)),
+        max_wait_seconds=0.05,
+    )
+    marketing = capture_sink_plugin(
+        "marketing", routing=Routing(consent=("marketing",)), max_wait_seconds=0.05
+    )
+    everything = capture_sink_plugin("everything", max_wait_seconds=0.05)
+    observer = RecordingObserver()
+    async with event_buffer(redis, settings) as buffer:
+        await buffer.append("src-1", events)
+    async with running_worker(
+        settings,
+        (orders.plugin, orders.name),
+        (marketing.plugin, marketing.name),
+        (everything.plugin, everything.name),
+        (observer, "observer"),
+    ):
+        for name in ("orders", "marketing", "everything"):
+            await wait_until(lambda name=name: group_caught_up(redis, settings, name), name)
+
+    def names(capture: Any) -> list[str]:
+        return [getattr(e, "event", e.type) for batch in capture.batches for e in batch]
+
+    # `integrations: {All: false}` switches destinations off (and no consent object means the
+    # marketing category is not enforced on the others).
+    assert names(orders) == ["Order Completed", "Order Refunded", "Order Shipped", "Order Lost"]
+    assert names(marketing) == ["Order Completed", "Signed Up", "page", "Order Shipped"]
+    assert names(everything) == [
+        "Order Completed",
+        "Signed Up",
+        "page",
+        "Order Refunded",
+        "Order Shipped",
+        "Order Lost",
+    ]
+    skipped = {(o.sink, o.message_id): o.reason for o in observer.outcomes if o.status == "skipped"}
+    assert skipped[("orders", signup.message_id)] == (
+        "routing: orders does not take event 'Signed Up'"
+    )
+    assert skipped[("orders", page.message_id)] == "routing: orders takes track, not page"
+    assert skipped[("marketing", declined.message_id)] == "consent: marketing not granted"
+    assert skipped[("marketing", empty_preferences.message_id)] == (
+        "consent: marketing not granted"
+    )
+    assert skipped[("everything", switched_off.message_id)] == (
+        "integrations: everything switched off by the event"
+    )
+    assert len(skipped) == 3 + 3 + 1
+    assert all(o.event is not None for o in observer.outcomes)
+
+
+# --- per-event results: one bad event does not fail its batch --------------------------------------
+
+
+async def test_a_delivery_report_retries_and_dead_letters_only_the_events_it_names(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    events = make_events(5)
+    bad, flaky, fine = events[1], events[3], [events[0], events[2], events[4]]
+    attempts: list[list[str]] = []
+
+    def deliver(batch: list[Event]) -> DeliveryReport:
+        attempts.append([e.message_id for e in batch])
+        if len(attempts) == 1:
+            return DeliveryReport(
+                rejected={bad.message_id: "HTTP 400: email is not valid"},
+                retry={flaky.message_id: "HTTP 503"},
+            )
+        return DeliveryReport()
+
+    sink = capture_sink_plugin("crm", deliver=deliver, max_wait_seconds=0.05)
+    observer = RecordingObserver()
+    async with event_buffer(redis, settings) as buffer:
+        await buffer.append("src-1", events)
+    async with running_worker(settings, (sink.plugin, sink.name), (observer, "observer")):
+        await wait_until(lambda: group_caught_up(redis, settings, "crm"), "acks")
+
+    # The retry carries only the event the sink asked to retry.
+    assert attempts == [[e.message_id for e in events], [flaky.message_id]]
+    [letter] = await dead_letters(redis, settings, "crm")
+    assert dead_lettered_ids([letter]) == [bad.message_id]
+    assert msgspec.msgpack.decode(letter["errors"]) == {
+        bad.message_id: "HTTP 400: email is not valid"
+    }
+    assert letter["error"] == b"1 events rejected by the sink"
+    delivered = [o.message_id for o in observer.of("delivered", "crm")]
+    assert sorted(delivered) == sorted([e.message_id for e in fine] + [flaky.message_id])
+    [retried] = observer.of("retried", "crm")
+    assert retried.message_id == flaky.message_id
+    [dead] = observer.of("dead_lettered", "crm")
+    assert (dead.message_id, dead.reason) == (bad.message_id, "HTTP 400: email is not valid")
+    assert await pending_count(redis, settings, "crm") == 0
+
+
+async def test_events_a_report_keeps_asking_to_retry_are_dead_lettered_after_max_attempts(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    events = make_events(3)
+    stubborn = events[0]
+
+    def deliver(batch: list[Event]) -> DeliveryReport:
+        return DeliveryReport(retry={stubborn.message_id: "HTTP 429"}, retry_after=0)
+
+    sink = capture_sink_plugin("crm", deliver=deliver, max_attempts=3, max_wait_seconds=0.05)
+    async with event_buffer(redis, settings) as buffer:
+        await buffer.append("src-1", events)
+    async with running_worker(settings, (sink.plugin, sink.name)):
+        await wait_until(lambda: group_caught_up(redis, settings, "crm"), "acks")
+
+    assert [len(batch) for batch in sink.batches] == [3, 1, 1]
+    [letter] = await dead_letters(redis, settings, "crm")
+    assert dead_lettered_ids([letter]) == [stubborn.message_id]
+    assert int(letter["attempts"]) == 3
+    reasons = msgspec.msgpack.decode(letter["errors"])
+    assert reasons == {stubborn.message_id: "the sink asked to retry 1 events: HTTP 429"}

@@ -1,16 +1,9 @@
-"""The durable buffer: a Redis stream that holds every accepted event until each sink has it.
+"""The durable buffer: appends each request's events to the events stream, deduplicated.
 
-Layout (``P`` is ``Settings.key_prefix``):
-
-- ``P:events``: the stream. One entry per request (not per event; see `docs/buffer.md` for the
-  measurement), with fields ``v`` (format), ``src`` (source id), ``n`` (event count), ``d``
-  (msgpack list of events) and, when some events were duplicates, ``dup`` (their indexes in
-  ``d``, comma-separated; consumers skip them).
-- ``P:seen-ids:<n>``: the messageIds seen in time bucket ``n`` (a set; see ``APPEND_SCRIPT``).
-  Not ``P:seen:``, where earlier versions kept one key per messageId: a numeric messageId could
-  name a bucket.
-- ``P:dlq:<sink>``: a sink's dead-letter stream.
-- one consumer group per sink on ``P:events``, named after the sink.
+The stream's layout and entry format are ``signalsmith.stream``'s; this module adds what only
+the collector does: dedupe by messageId and the atomic append. Seen messageIds are kept in
+``P:seen-ids:<n>`` (one set per time bucket; see ``APPEND_SCRIPT``), not ``P:seen:``, where
+earlier versions kept one key per messageId: a numeric messageId could name a bucket.
 
 Appends from concurrent requests are coalesced into one pipelined round trip (auto-pipelining,
 ``signalsmith.autopipeline``); each request is answered only after Redis has confirmed its own
@@ -27,11 +20,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from signalsmith.autopipeline import AutoPipelineRedis
-from signalsmith.model import Event, encode_events
+from signalsmith.model import Event
+from signalsmith.stream import entry_fields, stream_key
 
 log = logging.getLogger("signalsmith.buffer")
-
-FORMAT_VERSION = b"1"
 
 # Atomically: refuse when the backlog is over its cap, find which messageIds were seen within
 # the dedupe window, remember the new ones, and append one entry holding the events, listing the
@@ -45,8 +37,9 @@ FORMAT_VERSION = b"1"
 # Lua, the key and its expiry entry). The bucket that has just left the window is UNLINKed here
 # (freed off Redis's main thread; its EXPIREAT is the backstop when appends stop).
 #
-# KEYS[1] stream; ARGV: cap, ttl, seen-prefix, source, payload, count, ids (a msgpack array:
-# one argument instead of one per id, which costs redis-py ~2 µs an argument to pack).
+# KEYS[1] stream; ARGV: cap, ttl, seen-prefix, ids (a msgpack array: one argument instead of
+# one per id, which costs redis-py ~2 µs an argument to pack), then the entry's fields as
+# name, value, ... (``stream.entry_fields``); the script adds ``dup``.
 # Returns -1 when over the cap, else the list of duplicate indexes (0-based) in the payload.
 APPEND_SCRIPT = """
 local stream = KEYS[1]
@@ -57,8 +50,8 @@ end
 local span = math.ceil(tonumber(ARGV[2]) / 2)
 local bucket = math.floor(tonumber(redis.call('TIME')[1]) / span)
 local prefix = ARGV[3]
-local n = tonumber(ARGV[6])
-local ids = cmsgpack.unpack(ARGV[7])
+local ids = cmsgpack.unpack(ARGV[4])
+local n = #ids
 -- Lua unpacks at most a few thousand values into one call: ids go in chunks.
 local CHUNK = 1000
 local seen = {}
@@ -89,12 +82,13 @@ if #fresh > 0 then
   end
   redis.call('EXPIREAT', current, (bucket + 3) * span + 60)
   redis.call('UNLINK', prefix .. (bucket - 3))
+  local entry = {}
+  for i = 5, #ARGV do entry[#entry + 1] = ARGV[i] end
   if #dups > 0 then
-    redis.call('XADD', stream, '*', 'v', '1', 'src', ARGV[4], 'n', n, 'd', ARGV[5],
-               'dup', table.concat(dups, ','))
-  else
-    redis.call('XADD', stream, '*', 'v', '1', 'src', ARGV[4], 'n', n, 'd', ARGV[5])
+    entry[#entry + 1] = 'dup'
+    entry[#entry + 1] = table.concat(dups, ',')
   end
+  redis.call('XADD', stream, '*', unpack(entry))
 end
 return dups
 """
@@ -113,14 +107,6 @@ class BacklogFull(BufferUnavailable):
 
 
 _ids_encoder = msgspec.msgpack.Encoder()
-
-
-def stream_key(prefix: str) -> str:
-    return f"{prefix}:events"
-
-
-def dead_letter_key(prefix: str, sink_name: str) -> str:
-    return f"{prefix}:dlq:{sink_name}"
 
 
 def seen_key_prefix(prefix: str) -> str:
@@ -196,10 +182,8 @@ class EventBuffer:
             self._backlog_max,
             self._dedupe_ttl,
             self._seen_prefix,
-            source_id,
-            encode_events(events),
-            len(events),
             _ids_encoder.encode([event.message_id for event in events]),
+            *entry_fields(source_id, events),
         ]
 
     async def _run_script(self, args: list[object]) -> object:

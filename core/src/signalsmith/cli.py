@@ -16,10 +16,13 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
+from signalsmith.boot import plugin_manager_for, start_runtime, stop_runtime
 from signalsmith.config import Settings
 from signalsmith.embedded import RedisServerProcess
-from signalsmith.plugins import call_impl, impls_in_call_order, plugin_infos
-from signalsmith.runtime import Runtime, plugin_manager_for, start_runtime, stop_runtime
+from signalsmith.hooks import Hooks
+from signalsmith.plugins import plugin_infos
+from signalsmith.runtime import Runtime
+from signalsmith.workspace_cli import config
 
 T = TypeVar("T")
 
@@ -187,11 +190,9 @@ def build_cli(settings: Settings | None = None) -> click.Group:
     def cli() -> None:
         """SignalSmith: a self-hosted, Segment-compatible customer-event pipeline."""
 
-    for command in (plugins, serve, worker):
+    for command in (plugins, serve, worker, config):
         cli.add_command(command)
-    pm = plugin_manager_for(settings)
-    for impl in impls_in_call_order(pm, "register_commands"):
-        call_impl(impl, cli=cli)
+    Hooks(plugin_manager_for(settings)).add_commands(cli)
     return cli
 
 

@@ -10,7 +10,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -23,6 +23,15 @@ _LIST_SETTINGS = {
     "plugin_modules": "PLUGIN_MODULES",
     "trusted_proxies": "TRUSTED_PROXIES",
 }
+# Settings written as JSON in their variable.
+_JSON_SETTINGS = ("transforms",)
+
+
+class TransformDeclaration(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One configured transform instance: the type it is made from and that type's settings."""
+
+    type: str
+    settings: dict[str, Any] = {}
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,6 +72,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     plugins_block: tuple[str, ...] = ()
     # Extra plugin modules by import path (local plugins not installed as distributions).
     plugin_modules: tuple[str, ...] = ()
+    # Log every hook call through pluggy's tracing (SIGNALSMITH_TRACE_HOOKS=1).
+    trace_hooks: bool = False
+    # Transform instances a source can list, by name: a JSON object
+    # {"name": {"type": "<registered type>", "settings": {...}}} (SIGNALSMITH_TRANSFORMS).
+    transforms: dict[str, TransformDeclaration] = {}
     # Run the worker inside the collector process (the embedded `serve`): one process then
     # holds everything, including an embedded warehouse that only one process may open.
     embedded_worker: bool = False
@@ -117,7 +131,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
         fields: dict[str, object] = {}
         for field in msgspec.structs.fields(cls):
-            if field.name in _LIST_SETTINGS:
+            if field.name in _LIST_SETTINGS or field.name in _JSON_SETTINGS:
                 continue
             raw = get(field.name.upper())
             if raw is not None:
@@ -127,6 +141,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         fields["plugins_block"] = names("BLOCK_PLUGINS") or ()
         fields["plugin_modules"] = names("PLUGIN_MODULES") or ()
         fields["trusted_proxies"] = names("TRUSTED_PROXIES") or ()
+        for field_name in _JSON_SETTINGS:
+            raw = get(field_name.upper())
+            if raw is None:
+                continue
+            try:
+                fields[field_name] = msgspec.json.decode(raw)
+            except msgspec.DecodeError as error:
+                raise msgspec.ValidationError(
+                    f"SIGNALSMITH_{field_name.upper()} is not JSON: {error}"
+                ) from None
         return msgspec.convert(fields, cls, strict=False)
 
     def to_env(self) -> dict[str, str]:
@@ -144,6 +168,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             name = f"SIGNALSMITH_{_LIST_SETTINGS.get(field.name, field.name.upper())}"
             if isinstance(value, tuple):
                 env[name] = ",".join(value)
+            elif field.name in _JSON_SETTINGS:
+                env[name] = msgspec.json.encode(value).decode()
             elif isinstance(value, bool):
                 env[name] = "1" if value else "0"
             else:

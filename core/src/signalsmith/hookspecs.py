@@ -1,9 +1,12 @@
 """Every hook a SignalSmith plugin can implement, in pipeline order.
 
-Plugins write ``from signalsmith import hookimpl`` and implement any of these by name. Stage,
-lifecycle and observer hooks may be ``async``; the core awaits them. ``register_*`` hooks are
-called synchronously at startup and must not be ``async``. `docs/plugin-hooks.md` documents each one, and a
-test fails when a hook here is missing from it.
+Plugins write ``from signalsmith import hookimpl`` and implement any of these by name, declaring
+only the arguments they use. Every hook that runs in a process (all but ``register_*``) may take
+``runtime``, where a plugin finds the state it attached in ``startup``. Stage, lifecycle and
+observer hooks may be ``async``; the core awaits them. ``register_*`` hooks are called
+synchronously at startup and must not be ``async``. The core calls them all through
+``signalsmith.hooks.Hooks``. `docs/plugin-hooks.md` documents each one, and a test fails when a
+hook here is missing from it.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ from signalsmith.model import Event
 from signalsmith.records import (
     BannerValue,
     Credentials,
+    DeliveryReport,
+    DestinationType,
     Outcome,
     Refusal,
     Sink,
     Source,
     StageResult,
-    Transform,
+    TransformType,
+    WorkspaceSection,
 )
 
 if TYPE_CHECKING:
@@ -55,11 +61,35 @@ def register_warehouses(register: Callable[[Sink], None]) -> None:
 
 
 @hookspec
-def register_transforms(register: Callable[[Transform], None]) -> None:
-    """Called once at startup to register named transforms a source can list in order.
+def register_transforms(register: Callable[[TransformType], None]) -> None:
+    """Called once at startup to register the transform types this plugin provides.
 
-    Call ``register(Transform(name=..., apply=...))``; ``apply(source, events)`` follows the
-    ``transform_events`` return contract. Duplicate names are a startup error.
+    Call ``register(TransformType(name=..., settings=SettingsStruct, build=...))``. Configuration
+    declares named instances of a type; the core checks each instance's settings against the
+    Struct and calls ``build(settings)`` once for the function that instance runs, which follows
+    the ``transform_events`` return contract. Duplicate type names are a startup error.
+    """
+
+
+@hookspec
+def register_destination_types(register: Callable[[DestinationType], None]) -> None:
+    """Called once at startup to register the destination types this plugin delivers to.
+
+    Call ``register(DestinationType(name=..., settings=SettingsStruct))``. The workspace declares
+    named instances of a type under ``destinations:``; each instance is a ``Sink`` named after
+    it, with its checked settings, and the worker calls this plugin's ``deliver_events`` with its
+    batches (so the plugin must implement it). Duplicate type names are a startup error.
+    """
+
+
+@hookspec
+def register_workspace_sections(register: Callable[[WorkspaceSection], None]) -> None:
+    """Called once at startup to register the parts of the workspace document this plugin owns.
+
+    Call ``register(WorkspaceSection(name=..., settings=..., source_field=...,
+    source_settings=...))``: a top-level section (``contracts:``) and/or a field every source may
+    set (``sources.<name>.contract``), each checked against its type when a document is applied.
+    A name registered twice, or one the core uses, is a startup error.
     """
 
 
@@ -68,6 +98,7 @@ def register_routes(register: Callable[[Any], None]) -> None:
     """Called when the HTTP app is built, to add Litestar route handlers or routers.
 
     Call ``register(handler)`` with anything ``litestar.Litestar(route_handlers=[...])`` takes.
+    A handler that declares a ``runtime: Runtime`` parameter receives the process's runtime.
     """
 
 
@@ -77,7 +108,9 @@ def register_admin_routes(register: Callable[[Any], None]) -> None:
 
     Call ``register(handler)`` with Litestar route handlers whose paths are relative to
     ``/api/v1/admin``. Every one is behind the admin-token guard: a request without
-    ``SIGNALSMITH_ADMIN_TOKEN`` (as a Bearer token) gets 401 before the handler runs.
+    ``SIGNALSMITH_ADMIN_TOKEN`` (as a Bearer token) gets 401 before the handler runs. A handler
+    that declares a ``runtime: Runtime`` parameter receives the process's runtime (a Litestar
+    dependency the core provides to every route).
     """
 
 
@@ -114,18 +147,21 @@ def shutdown(runtime: Runtime) -> Awaitable[None] | None:
 
 
 @hookspec(firstresult=True)
-def authenticate(credentials: Credentials) -> Source | Awaitable[Source | None] | None:
+def authenticate(
+    credentials: Credentials, runtime: Runtime
+) -> Source | Awaitable[Source | None] | None:
     """Called for every collector request to turn the offered write keys into a Source.
 
     Return the ``Source`` the first known key belongs to, or None if this plugin knows none of
-    them (the next authenticator is asked; if none answers, the request gets 401). Raise to fail
-    the request with a 500.
+    them (the next authenticator is asked; if none answers, the request gets 401). The first
+    answer wins, an awaited one too, and later authenticators are not called. Raise to fail the
+    request with a 500.
     """
 
 
 @hookspec(firstresult=True)
 def admit_events(
-    source: Source, count: int, path: str
+    source: Source, count: int, path: str, runtime: Runtime
 ) -> Refusal | Awaitable[Refusal | None] | None:
     """Called once per authenticated request, before the body's messages are checked.
 
@@ -137,7 +173,7 @@ def admit_events(
 
 @hookspec
 def validate_events(
-    source: Source, events: list[Event]
+    source: Source, events: list[Event], runtime: Runtime
 ) -> StageResult | Awaitable[StageResult | None] | None:
     """Called once per request with the normalised events, to check them against contracts.
 
@@ -149,7 +185,7 @@ def validate_events(
 
 @hookspec
 def transform_events(
-    source: Source, events: list[Event]
+    source: Source, events: list[Event], runtime: Runtime
 ) -> StageResult | Awaitable[StageResult | None] | None:
     """Called once per request after validation, to rename, enrich, edit or filter events.
 
@@ -160,7 +196,7 @@ def transform_events(
 
 @hookspec
 def apply_consent(
-    source: Source, events: list[Event]
+    source: Source, events: list[Event], runtime: Runtime
 ) -> StageResult | Awaitable[StageResult | None] | None:
     """Called once per request after transforms, to stamp or drop events by consent category.
 
@@ -172,19 +208,25 @@ def apply_consent(
 
 
 @hookspec
-def deliver_events(destination: Sink, events: list[Event]) -> Awaitable[None] | None:
+def deliver_events(
+    destination: Sink, events: list[Event], runtime: Runtime
+) -> DeliveryReport | Awaitable[DeliveryReport | None] | None:
     """Called by the worker with a batch for one destination this plugin registered.
 
-    Only the plugin that registered ``destination`` is called. Return (or resolve) to have the
-    batch acknowledged; raise ``SinkError`` (optionally with ``retry_after``) to have it retried
-    with backoff, or ``PermanentSinkError`` to dead-letter it at once. Any other exception is
-    retried like ``SinkError``. Events may be redelivered after a crash: deliver idempotently
-    by ``message_id`` where the destination allows it.
+    Only the plugin that registered ``destination`` is called, and only with the events its
+    ``routing`` takes. Return None (or resolve to it) to have the whole batch acknowledged, or a
+    ``DeliveryReport`` naming the events to retry and the events rejected (dead-lettered at
+    once), by ``message_id``. Raise ``SinkError`` (optionally with ``retry_after``) to have the
+    whole batch retried with backoff, or ``PermanentSinkError`` to dead-letter it at once; any
+    other exception is retried like ``SinkError``. Events may be redelivered after a crash:
+    deliver idempotently by ``message_id`` where the destination allows it.
     """
 
 
 @hookspec
-def write_events(warehouse: Sink, events: list[Event]) -> Awaitable[None] | None:
+def write_events(
+    warehouse: Sink, events: list[Event], runtime: Runtime
+) -> DeliveryReport | Awaitable[DeliveryReport | None] | None:
     """Called by the worker with a batch for one warehouse this plugin registered.
 
     Same contract as ``deliver_events``.
@@ -195,9 +237,11 @@ def write_events(warehouse: Sink, events: list[Event]) -> Awaitable[None] | None
 
 
 @hookspec
-def observe_outcomes(outcomes: list[Outcome]) -> Awaitable[None] | None:
-    """Called after each stage with what happened to each event (accepted, rejected, dropped,
-    buffered, delivered, retried, dead-lettered, ...).
+def observe_outcomes(outcomes: list[Outcome], runtime: Runtime) -> Awaitable[None] | None:
+    """Called after every stage, and on every refusal, with what happened to each event
+    (accepted, rejected, violation, transformed, dropped, buffered, skipped, delivered, retried,
+    dead-lettered, ...), each outcome carrying the event (or, before there is one, its raw
+    payload) and its source.
 
     Observers run after the stage's work and cannot change it; one that raises is logged and the
     others still run. Keep it cheap: it runs on the request path for collector stages.

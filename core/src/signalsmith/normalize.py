@@ -1,27 +1,24 @@
-"""From request bytes to normalised events: spec checks, ids, timestamps, envelope merging.
+"""From a parsed request's messages to normalised events: spec checks, ids, timestamps,
+envelope merging.
 
-A request is parsed once (``parse_request``) so its write key and message count are known
-before any message is checked; each message is then normalised on its own
-(``normalise_messages``), so one bad message is reported and dropped while its neighbours go on.
+Each message is normalised on its own (``normalise_messages``), so one bad message is reported
+and dropped while its neighbours go on. A well-formed message takes a fast path (decoded straight
+into a typed struct); anything else takes the general path, which says what is wrong. Both end in
+the same tail (``_complete``), which makes the Event.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
-from signalsmith.json_input import (
-    MAX_NESTING_DEPTH,
-    JsonField,
-    JsonIgnored,
-    JsonProblem,
-    decode_json,
-    repaired_json,
-)
-from signalsmith.model import EVENT_CLASSES, WIRE_FIELDS, Event, Track
+from signalsmith.json_input import JsonField, JsonIgnored, JsonProblem, decode_json
+from signalsmith.model import EVENT_CLASSES, WIRE_FIELDS, Event, EventBase, Track
+from signalsmith.parsing import InvalidValue as _Invalid
+from signalsmith.parsing import ParsedRequest, beyond_datetime, parse_time, utc
 from signalsmith.records import Rejection
 
 MAX_MESSAGE_ID_LENGTH = 100
@@ -29,214 +26,6 @@ MAX_MESSAGE_ID_LENGTH = 100
 TRANSPORT_KEYS = frozenset({"writeKey"})
 # Keys the server owns: a client's value is ignored, never kept in `extra`.
 SERVER_KEYS = frozenset({"receivedAt", "projectId"})
-
-
-class RequestError(Exception):
-    """The request as a whole is unusable (not JSON, wrong shape, too many messages)."""
-
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-
-
-_ABSENT = msgspec.Raw(b"")
-
-
-class _Envelope(msgspec.Struct):
-    """The top level of any body; for a single message these are the message's own fields.
-
-    Nested values stay raw JSON slices: a single message never needs them decoded here, and a
-    batch's items are sized and decoded one by one.
-    """
-
-    batch: msgspec.Raw = _ABSENT
-    context: msgspec.Raw = _ABSENT
-    integrations: msgspec.Raw = _ABSENT
-    sentAt: Any = None
-    writeKey: Any = None
-
-
-class _BatchEnvelope(msgspec.Struct):
-    """A batch body in one pass: its items as raw slices (the usual shape of a batch request)."""
-
-    batch: list[msgspec.Raw]
-    context: msgspec.Raw = _ABSENT
-    integrations: msgspec.Raw = _ABSENT
-    sentAt: Any = None
-    writeKey: Any = None
-
-
-_envelope_decoder = msgspec.json.Decoder(_Envelope)
-_batch_envelope_decoder = msgspec.json.Decoder(_BatchEnvelope)
-_batch_items_decoder = msgspec.json.Decoder(list[msgspec.Raw])
-_UTF8_BOM = b"\xef\xbb\xbf"
-
-
-class ParsedRequest(msgspec.Struct, kw_only=True):
-    """A decoded body: its raw messages and what the batch envelope says about all of them."""
-
-    messages: list[bytes | msgspec.Raw]
-    is_batch: bool
-    write_key: str | None
-    context: dict[str, Any] | None = None
-    integrations: dict[str, Any] | None = None
-    sent_at: datetime | None = None
-
-
-class _Unreadable(RequestError):
-    """The body is not JSON (or nests too deep to read): ``repaired_json`` may help."""
-
-
-def parse_request(
-    body: bytes, *, batch: bool | None, max_messages: int, max_message_bytes: int
-) -> ParsedRequest:
-    """Decode a body into its messages without checking them.
-
-    ``batch`` is True for batch endpoints (the body must hold ``batch: [...]``), False for
-    single-message endpoints, None where either shape is accepted (`/api/v1/events`).
-    """
-    if body.startswith(_UTF8_BOM):  # Windows tools write one; JSON readers skip it
-        body = body[len(_UTF8_BOM) :]
-    try:
-        return _parse_shape(
-            body, batch=batch, max_messages=max_messages, max_message_bytes=max_message_bytes
-        )
-    except (_Unreadable, RecursionError) as error:
-        # What a strict parser refuses but clients send (see `repaired_json`) costs one bad
-        # message at most, not the whole batch; anything else is the first error.
-        unreadable = _unreadable(error)
-        repaired = repaired_json(body)
-        if repaired is None:
-            raise unreadable from None
-    try:
-        return _parse_shape(
-            repaired, batch=batch, max_messages=max_messages, max_message_bytes=max_message_bytes
-        )
-    except (_Unreadable, RecursionError):
-        raise unreadable from None
-
-
-def _unreadable(error: Exception) -> _Unreadable:
-    if isinstance(error, _Unreadable):
-        return error
-    # msgspec recurses once per level, even through the raw slices it skips.
-    return _Unreadable(
-        "nesting_too_deep",
-        "body nests objects and arrays too deep to read "
-        f"(a message may nest {MAX_NESTING_DEPTH} levels)",
-    )
-
-
-def _parse_shape(
-    body: bytes, *, batch: bool | None, max_messages: int, max_message_bytes: int
-) -> ParsedRequest:
-    if batch:
-        # One pass over a well-formed batch body; any other body takes the two-step path below,
-        # which says exactly what is wrong with it.
-        try:
-            whole = _batch_envelope_decoder.decode(body)
-        except msgspec.DecodeError:
-            pass
-        else:
-            write_key = whole.writeKey if isinstance(whole.writeKey, str) else None
-            return _batch_request(whole.batch, whole, write_key, max_messages)
-    try:
-        envelope = _envelope_decoder.decode(body)
-    except msgspec.ValidationError:
-        raise RequestError("invalid_json", "body must be a JSON object") from None
-    except msgspec.DecodeError as error:
-        raise _Unreadable("invalid_json", f"body is not valid JSON: {error}") from None
-    write_key = envelope.writeKey if isinstance(envelope.writeKey, str) else None
-    has_batch = len(envelope.batch) > 0 and bytes(envelope.batch) != b"null"
-    is_batch = has_batch if batch is None else batch
-    if not is_batch:
-        if len(body) > max_message_bytes:
-            raise RequestError(
-                "message_too_large",
-                f"message is {len(body)} bytes; at most {max_message_bytes} bytes per message",
-                status=413,
-            )
-        return ParsedRequest(messages=[body], is_batch=False, write_key=write_key)
-    try:
-        items = _batch_items_decoder.decode(envelope.batch) if has_batch else None
-    except msgspec.ValidationError:
-        items = None
-    if items is None:
-        raise RequestError(
-            "invalid_batch", 'a batch body must be {"batch": [message, ...]} with an array'
-        )
-    return _batch_request(items, envelope, write_key, max_messages)
-
-
-def _batch_request(
-    items: list[msgspec.Raw],
-    envelope: _Envelope | _BatchEnvelope,
-    write_key: str | None,
-    max_messages: int,
-) -> ParsedRequest:
-    if len(items) > max_messages:
-        raise RequestError(
-            "too_many_messages",
-            f"a batch holds at most {max_messages} messages; this one has "
-            f"{len(items)}: split it into smaller batches",
-            status=413,
-        )
-    sent_at = None
-    try:
-        sent_at = parse_time(envelope.sentAt, "sentAt")
-    except _Invalid:
-        sent_at = None  # an unreadable envelope sentAt only disables skew correction
-    return ParsedRequest(
-        messages=items,
-        is_batch=True,
-        write_key=write_key,
-        context=_envelope_object(envelope.context, "context"),
-        integrations=_envelope_object(envelope.integrations, "integrations"),
-        sent_at=sent_at,
-    )
-
-
-def _envelope_object(raw: msgspec.Raw, name: str) -> dict[str, Any] | None:
-    """A batch-level object merged into every item; anything but an object is ignored."""
-    if not len(raw):
-        return None
-    try:
-        # Merged into each message one level down, so it may nest one level less.
-        value = decode_json(raw, max_depth=MAX_NESTING_DEPTH - 1)
-    except JsonProblem as problem:
-        raise RequestError(problem.code, f"the batch's {name}: {problem.message}") from None
-    except msgspec.DecodeError as error:
-        raise RequestError("invalid_json", f"the batch's {name} is not JSON: {error}") from None
-    return value if isinstance(value, dict) and value else None
-
-
-class _Invalid(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def parse_time(value: Any, field: str) -> datetime | None:
-    """An ISO-8601 timestamp (``Z``, offsets, microseconds) as an aware UTC datetime."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise _Invalid("invalid_timestamp", f"{field} must be an ISO-8601 string, got {value!r}")
-    try:
-        parsed = msgspec.convert(value, datetime)
-    except msgspec.ValidationError:
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise _Invalid(
-                "invalid_timestamp",
-                f"{field} is not an ISO-8601 timestamp: {value[:64]!r} "
-                "(expected e.g. 2026-11-26T03:17:52.952Z)",
-            ) from None
-    return _utc(parsed)
 
 
 def _identifier(message: dict[str, Any], key: str) -> str | None:
@@ -276,15 +65,7 @@ def new_message_id() -> str:
 UNKNOWN_LIBRARY = {"name": "unknown", "version": "unknown"}
 
 
-def normalise_message(
-    message: Any,
-    *,
-    path_type: str | None,
-    request: ParsedRequest,
-    received_at: datetime,
-    source_id: str,
-    client_ip: str | None = None,
-) -> Event:
+def normalise_message(message: Any, *, path_type: str | None, completion: Completion) -> Event:
     """Check one decoded message against the spec and return it as a normalised Event.
 
     Raises ``_Invalid`` with a code and a message naming the problem.
@@ -349,56 +130,122 @@ def normalise_message(
         fields["category"] = _text(message, "category")
         fields["properties"] = _object(message, "properties")
 
-    context = _object(message, "context")
-    if request.context:
-        context = {**request.context, **context}
-    else:
-        context = dict(context)
-    if "library" not in context:
-        context["library"] = dict(UNKNOWN_LIBRARY)
-    if client_ip and "ip" not in context:
-        context["ip"] = client_ip
-    integrations = _object(message, "integrations")
-    if request.integrations:
-        integrations = {**request.integrations, **integrations}
-
     original = parse_time(message.get("timestamp"), "timestamp")
     if original is None:
         original = parse_time(message.get("originalTimestamp"), "originalTimestamp")
     try:
-        sent_at = parse_time(message.get("sentAt"), "sentAt") or request.sent_at
+        sent_at = parse_time(message.get("sentAt"), "sentAt")
     except _Invalid:
         # sentAt is transport metadata: an unreadable one only costs the skew correction.
-        sent_at = request.sent_at
-    if original is not None and sent_at is not None:
-        # Segment's clock-skew correction: the device clock's offset is sentAt - receivedAt.
-        try:
-            timestamp = received_at - (sent_at - original)
-        except OverflowError:
-            timestamp = _beyond_datetime(original > sent_at)
-    else:
-        timestamp = original or received_at
-
+        sent_at = None
     known = WIRE_FIELDS[event_type]
-    extra = {
-        key: value
-        for key, value in message.items()
-        if key not in known and key not in TRANSPORT_KEYS and key not in SERVER_KEYS
-    }
-    return cls(
-        message_id=raw_message_id or new_message_id(),
-        received_at=received_at,
-        timestamp=timestamp,
-        original_timestamp=original,
-        sent_at=sent_at,
-        user_id=user_id,
-        anonymous_id=anonymous_id,
-        context=context,
-        integrations=integrations,
-        project_id=source_id,
-        extra=extra,
-        **fields,
+    return completion.event(
+        cls,
+        fields,
+        raw_message_id,
+        user_id,
+        anonymous_id,
+        _object(message, "context"),
+        _object(message, "integrations"),
+        original,
+        sent_at,
+        {
+            key: value
+            for key, value in message.items()
+            if key not in known and key not in TRANSPORT_KEYS and key not in SERVER_KEYS
+        },
     )
+
+
+class Completion:
+    """What every message of one request ends in (``event``), once its own fields are
+    checked: the batch's context and integrations merged under the message's,
+    ``context.library`` and the browser's ``context.ip`` defaulted, the clock-skew-corrected
+    timestamp, a messageId if it had none. Made once per request: the per-message call takes
+    only what differs between messages, by position (keyword arguments cost more, and this runs
+    for every event)."""
+
+    __slots__ = ("client_ip", "context", "integrations", "received_at", "sent_at", "source_id")
+
+    def __init__(
+        self,
+        request: ParsedRequest,
+        received_at: datetime,
+        source_id: str,
+        client_ip: str | None,
+    ) -> None:
+        self.context = request.context
+        self.integrations = request.integrations
+        self.sent_at = request.sent_at
+        self.received_at = received_at
+        self.source_id = source_id
+        self.client_ip = client_ip
+
+    def event(
+        self,
+        cls: type[EventBase],
+        fields: dict[str, Any],
+        message_id: str | None,
+        user_id: str | None,
+        anonymous_id: str | None,
+        context: dict[str, Any],
+        integrations: dict[str, Any],
+        original: datetime | None,
+        sent_at: datetime | None,
+        extra: dict[str, Any],
+        /,
+    ) -> Event:
+        # The dicts are this request's own (decoded for it), so they are completed in place.
+        if self.context:
+            context = {**self.context, **context}
+        if "library" not in context:
+            context["library"] = dict(UNKNOWN_LIBRARY)
+        client_ip = self.client_ip
+        if client_ip and "ip" not in context:
+            context["ip"] = client_ip
+        if self.integrations:
+            integrations = {**self.integrations, **integrations}
+        sent_at = sent_at or self.sent_at
+        received_at = self.received_at
+        if original is not None and sent_at is not None:
+            # Segment's clock-skew correction: the device clock's offset is sentAt - receivedAt.
+            try:
+                timestamp = received_at - (sent_at - original)
+            except OverflowError:
+                timestamp = beyond_datetime(original > sent_at)
+        else:
+            timestamp = original or received_at
+        if cls is Track:
+            # Spelled out for the commonest type: unpacking **fields costs more than the rest.
+            return Track(
+                message_id=message_id or new_message_id(),
+                received_at=received_at,
+                timestamp=timestamp,
+                original_timestamp=original,
+                sent_at=sent_at,
+                user_id=user_id,
+                anonymous_id=anonymous_id,
+                context=context,
+                integrations=integrations,
+                project_id=self.source_id,
+                extra=extra,
+                event=fields["event"],
+                properties=fields["properties"],
+            )
+        return cls(  # type: ignore[return-value]
+            message_id=message_id or new_message_id(),
+            received_at=received_at,
+            timestamp=timestamp,
+            original_timestamp=original,
+            sent_at=sent_at,
+            user_id=user_id,
+            anonymous_id=anonymous_id,
+            context=context,
+            integrations=integrations,
+            project_id=self.source_id,
+            extra=extra,
+            **fields,
+        )
 
 
 # --- the fast path ------------------------------------------------------------------------------
@@ -468,38 +315,8 @@ def _object_or_empty(value: Any) -> dict[str, Any] | None:
     return value if type(value) is dict else None
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None or moment.tzinfo is UTC:  # msgspec reads `Z` and `+00:00` as UTC itself
-        return moment
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    try:
-        return moment.astimezone(UTC)
-    except OverflowError:  # within hours of year 1 or 9999, an offset can move it past either
-        return _beyond_datetime(moment.year > 1)
-
-
-_LATEST = datetime.max.replace(tzinfo=UTC)
-_EARLIEST = datetime.min.replace(tzinfo=UTC)
-
-
-def _beyond_datetime(later: bool) -> datetime:
-    """The time kept for one past what a datetime holds (years 1-9999): the nearest it holds.
-
-    A timestamp of 9999-12-31 (a placeholder some clients send) is kept as sent; the skew
-    correction or a UTC offset can move it just past, and the event is not lost for that.
-    """
-    return _LATEST if later else _EARLIEST
-
-
 def _fast_event(
-    raw: bytes | msgspec.Raw,
-    *,
-    path_type: str | None,
-    request: ParsedRequest,
-    received_at: datetime,
-    source_id: str,
-    client_ip: str | None,
+    raw: bytes | msgspec.Raw, *, path_type: str | None, completion: Completion
 ) -> Event | None:
     """The normalised Event of a well-formed message, or None to take the general path."""
     try:
@@ -526,6 +343,8 @@ def _fast_event(
         properties = _object_or_empty(wire.properties)
         if not name or not name.strip() or properties is None:  # type: ignore[union-attr]
             return None
+        fields["event"] = name
+        fields["properties"] = properties
     elif event_type == "identify" or event_type == "group":
         traits = _object_or_empty(wire.traits)
         if traits is None:
@@ -546,62 +365,24 @@ def _fast_event(
         fields["name"] = None if wire.name is _UNSET else wire.name
         fields["category"] = None if wire.category is _UNSET else wire.category
 
-    # The decoded dicts are this request's own, so they are completed in place.
     context = _object_or_empty(wire.context)
     integrations = _object_or_empty(wire.integrations)
     if context is None or integrations is None:
         return None
-    if request.context:
-        context = {**request.context, **context}
-    if "library" not in context:
-        context["library"] = dict(UNKNOWN_LIBRARY)
-    if client_ip and "ip" not in context:
-        context["ip"] = client_ip
-    if request.integrations:
-        integrations = {**request.integrations, **integrations}
-
-    original = _utc(wire.timestamp)
+    original = utc(wire.timestamp)
     if original is None:
-        original = _utc(wire.originalTimestamp)
-    sent_at = _utc(wire.sentAt) or request.sent_at
-    if original is not None and sent_at is not None:
-        try:
-            timestamp = received_at - (sent_at - original)
-        except OverflowError:
-            timestamp = _beyond_datetime(original > sent_at)
-    else:
-        timestamp = original or received_at
-    extra = {} if wire.metadata is _UNSET else {"_metadata": wire.metadata}
-    if event_type == "track":
-        # Spelled out for the commonest type: unpacking **fields costs more than the rest here.
-        return Track(
-            message_id=message_id or new_message_id(),
-            received_at=received_at,
-            timestamp=timestamp,
-            original_timestamp=original,
-            sent_at=sent_at,
-            user_id=user_id,
-            anonymous_id=anonymous_id,
-            context=context,
-            integrations=integrations,
-            project_id=source_id,
-            extra=extra,
-            event=name,
-            properties=properties,
-        )
-    return cls(
-        message_id=message_id or new_message_id(),
-        received_at=received_at,
-        timestamp=timestamp,
-        original_timestamp=original,
-        sent_at=sent_at,
-        user_id=user_id,
-        anonymous_id=anonymous_id,
-        context=context,
-        integrations=integrations,
-        project_id=source_id,
-        extra=extra,
-        **fields,
+        original = utc(wire.originalTimestamp)
+    return completion.event(
+        cls,
+        fields,
+        message_id,
+        user_id,
+        anonymous_id,
+        context,
+        integrations,
+        original,
+        utc(wire.sentAt),
+        {} if wire.metadata is _UNSET else {"_metadata": wire.metadata},
     )
 
 
@@ -625,16 +406,10 @@ def normalise_messages(
     events: list[Event] = []
     indexes: list[int] = []
     rejected: list[Rejection] = []
+    completion = Completion(request, received_at, source_id, client_ip)
     for index, raw in enumerate(request.messages):
         if len(raw) <= max_message_bytes:
-            fast = _fast_event(
-                raw,
-                path_type=path_type,
-                request=request,
-                received_at=received_at,
-                source_id=source_id,
-                client_ip=client_ip,
-            )
+            fast = _fast_event(raw, path_type=path_type, completion=completion)
             if fast is not None:
                 events.append(fast)
                 indexes.append(index)
@@ -651,14 +426,7 @@ def normalise_messages(
                     "message_too_large",
                     f"message is {size} bytes; at most {max_message_bytes} bytes per message",
                 )
-            event = normalise_message(
-                message,
-                path_type=path_type,
-                request=request,
-                received_at=received_at,
-                source_id=source_id,
-                client_ip=client_ip,
-            )
+            event = normalise_message(message, path_type=path_type, completion=completion)
         except (_Invalid, JsonProblem) as problem:
             if isinstance(problem, JsonProblem):
                 message_id = problem.message_id

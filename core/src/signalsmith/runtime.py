@@ -1,28 +1,30 @@
-"""What one process shares with its plugins: settings, the plugin manager, the Redis client."""
+"""What one process shares with its plugins: settings, hooks, the Redis client, their state.
+
+Every hook that needs context can take ``runtime``. A plugin keeps its per-process state on
+objects it attaches to ``runtime.state`` in ``startup`` (never in module globals), and finds them
+there in its other hooks. Processes are booted by ``signalsmith.boot``.
+"""
 
 from __future__ import annotations
 
-import importlib
-import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pluggy
 import redis.asyncio as aioredis
 
-from signalsmith.autopipeline import AutoPipelineRedis
 from signalsmith.config import Settings
-from signalsmith.plugins import (
-    build_plugin_manager,
-    call_impl,
-    impls_in_call_order,
-    registered_sinks,
-    registered_transforms,
-    resolve,
-)
-from signalsmith.records import Sink, Transform
+from signalsmith.hooks import Hooks
+from signalsmith.records import Sink, Transform, TransformType
 
-log = logging.getLogger("signalsmith.runtime")
+if TYPE_CHECKING:
+    from signalsmith.workspace import Workspace
+else:
+    # Litestar evaluates these annotations (the runtime is a route dependency); the workspace
+    # package sits above this module, so only type checkers import it.
+    Workspace = Any
+
+T = TypeVar("T")
 
 # "embedded" is the collector and the worker in one process (`signalsmith serve` on defaults).
 Role = Literal["collector", "worker", "cli", "embedded"]
@@ -30,16 +32,26 @@ Role = Literal["collector", "worker", "cli", "embedded"]
 
 @dataclass
 class Runtime:
-    """Handed to ``startup``/``shutdown`` hooks; plugins keep per-process state in ``state``."""
+    """Handed to every hook that declares a ``runtime`` argument."""
 
     settings: Settings
-    pm: pluggy.PluginManager
+    hooks: Hooks
     role: Role
     redis: aioredis.Redis
+    # The workspace version this process runs, followed live: ``workspace.active`` (None when
+    # no workspace is applied); see `docs/workspace.md`.
+    workspace: Workspace
     # Capabilities, collected (and checked for duplicate names) once at startup.
     sinks: list[Sink] = field(default_factory=list)
+    transform_types: dict[str, TransformType] = field(default_factory=dict)
+    # Configured transform instances by name (see `signalsmith.transforms`).
     transforms: dict[str, Transform] = field(default_factory=dict)
+    # Per-plugin state, keyed by the plugin's name.
     state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pm(self) -> pluggy.PluginManager:
+        return self.hooks.pm
 
     @property
     def delivers(self) -> bool:
@@ -50,74 +62,16 @@ class Runtime:
         """A Redis key under this deployment's prefix: ``key("keys", h)`` -> ``prefix:keys:h``."""
         return ":".join((self.settings.key_prefix, *parts))
 
+    def attached(self, name: str, kind: type[T]) -> T:
+        """The object a plugin attached as ``state[name]`` at startup, checked to be a ``kind``.
 
-def connect_redis(url: str, *, auto_pipeline: bool = False) -> aioredis.Redis:
-    """An async client with timeouts, so an unreachable Redis fails fast into a 503.
-
-    ``auto_pipeline`` makes concurrent commands share round trips (``signalsmith.autopipeline``);
-    processes that answer requests use it, since every request awaits Redis more than once.
-    """
-    client_class = AutoPipelineRedis if auto_pipeline else aioredis.Redis
-    return client_class.from_url(
-        url,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        health_check_interval=30,
-    )
-
-
-def plugin_manager_for(settings: Settings) -> pluggy.PluginManager:
-    """The manager for this process: installed plugins plus ``SIGNALSMITH_PLUGIN_MODULES``."""
-    modules = [
-        (importlib.import_module(module_name), module_name)
-        for module_name in settings.plugin_modules
-    ]
-    return build_plugin_manager(
-        allow=settings.plugins_allow, block=settings.plugins_block, extra_plugins=modules
-    )
-
-
-async def start_runtime(
-    settings: Settings,
-    role: Role,
-    *,
-    pm: pluggy.PluginManager | None = None,
-    redis: aioredis.Redis | None = None,
-) -> Runtime:
-    """Connect to Redis and run every plugin's ``startup`` hook, in plugin order."""
-    if settings.redis_url is None and redis is None:
-        raise RuntimeError(
-            "no Redis configured: set SIGNALSMITH_REDIS_URL, or run `signalsmith serve`, "
-            "which starts an embedded Redis"
-        )
-    pm = pm if pm is not None else plugin_manager_for(settings)
-    # Every process checks capability names, so a duplicate fails the collector too, not only
-    # the worker that would have run the sink.
-    sinks = registered_sinks(pm)
-    transforms = registered_transforms(pm)
-    runtime = Runtime(
-        settings=settings,
-        pm=pm,
-        role=role,
-        redis=redis
-        if redis is not None
-        else connect_redis(
-            settings.redis_url or "", auto_pipeline=role in ("collector", "embedded")
-        ),
-        sinks=sinks,
-        transforms=transforms,
-    )
-    for impl in impls_in_call_order(runtime.pm, "startup"):
-        await resolve(call_impl(impl, runtime=runtime))
-    return runtime
-
-
-async def stop_runtime(runtime: Runtime, *, close_redis: bool = True) -> None:
-    """Run every ``shutdown`` hook (each in its own try), then close Redis."""
-    for impl in impls_in_call_order(runtime.pm, "shutdown"):
-        try:
-            await resolve(call_impl(impl, runtime=runtime))
-        except Exception:
-            log.exception("plugin %s failed in shutdown", impl.plugin_name)
-    if close_redis:
-        await runtime.redis.aclose()
+        Raises a RuntimeError naming the plugin when it is missing: its ``startup`` did not run
+        in this process.
+        """
+        found = self.state.get(name)
+        if not isinstance(found, kind):
+            raise RuntimeError(
+                f"{name}: nothing attached to the runtime in this process (its startup hook has "
+                f"not run here, or failed); expected a {kind.__name__}"
+            )
+        return found

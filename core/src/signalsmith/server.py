@@ -24,6 +24,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +41,15 @@ from signalsmith.admin import (
     remove_server_file,
     write_server_file,
 )
+from signalsmith.boot import plugin_manager_for, start_runtime, stop_runtime
 from signalsmith.config import DEFAULT_DATA_DIR, Settings
 from signalsmith.datadir import LEFTOVER_WAIT_SECONDS, DataDirInUse, DataDirLock
 from signalsmith.embedded import RedisServerProcess
-from signalsmith.plugins import call_impl, impls_in_call_order, resolve
 from signalsmith.processes import describe_pid, die_with_parent, listeners_on_port
-from signalsmith.records import BannerValue, CliCommand, Secret
-from signalsmith.runtime import plugin_manager_for, start_runtime, stop_runtime
+from signalsmith.records import BannerSecret, BannerValue, CliCommand
 from signalsmith.supervisor import RedisSupervisor
+from signalsmith.workspace import BuildFailed, StaleBase, WorkspaceInvalid
+from signalsmith.workspace.local import WORKSPACE_FILE, apply_local_workspace, write_key_note
 
 log = logging.getLogger("signalsmith.server")
 
@@ -94,12 +96,15 @@ def worker_app() -> Any:
     port and the warehouse after it. SIGHUP and SIGINT are the serve process's to act on: it
     ignores the first and stops the worker in order on the second.
     """
-    from signalsmith.app import create_app
+    from signalsmith.collector import create_app
+    from signalsmith.embedded_worker import EmbeddedWorker
 
     parent = multiprocessing.parent_process()
     die_with_parent(signal.SIGTERM, parent.pid if parent is not None else os.getppid())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    app = create_app()
+    settings = Settings.from_env()
+    # On the embedded defaults the worker runs here too (see the module docstring).
+    app = create_app(settings, companions=[EmbeddedWorker()] if settings.embedded_worker else [])
     app.on_startup.append(_leave_interrupts_to_serve)
     return app
 
@@ -253,27 +258,43 @@ def _run_embedded(settings: Settings, redis_server: RedisServerProcess) -> None:
     )
     # Granian's worker process reads its settings from the environment.
     os.environ.update(embedded.to_env())
-    defaults = asyncio.run(_embedded_defaults(embedded))
+    workspace_file = Path(WORKSPACE_FILE)
+    defaults, workspace = asyncio.run(
+        _embedded_defaults(embedded, workspace_file if workspace_file.is_file() else None)
+    )
     if settings.admin_token:
         defaults["admin_token"] = "from SIGNALSMITH_ADMIN_TOKEN"
     else:
-        defaults["admin_token"] = Secret(
+        defaults["admin_token"] = BannerSecret(
             value=admin_token,
             new=stored_token is None,
             path=str(settings.data_path / ADMIN_TOKEN_FILE),
         )
     write_server_file(settings.data_path, settings.local_url)
-    click.echo(_banner(settings, redis_server.url, defaults), err=True)
+    click.echo(_banner(settings, redis_server.url, defaults, workspace), err=True)
     granian_server(embedded).serve()
 
 
-async def _embedded_defaults(settings: Settings) -> dict[str, BannerValue]:
+async def _embedded_defaults(
+    settings: Settings, workspace_file: Path | None = None
+) -> tuple[dict[str, BannerValue], list[str]]:
+    """What the banner shows: the plugins' defaults, and the workspace's lines."""
     runtime = await start_runtime(settings, "cli", pm=plugin_manager_for(settings))
     try:
-        found: dict[str, BannerValue] = {}
-        for impl in impls_in_call_order(runtime.pm, "embedded_defaults"):
-            found.update(await resolve(call_impl(impl, runtime=runtime)) or {})
-        return found
+        # ./signalsmith.yaml, when there is one, is applied before anything starts (issue 11).
+        lines: list[str] = []
+        if workspace_file is not None:
+            try:
+                lines = await apply_local_workspace(runtime, workspace_file)
+            except (WorkspaceInvalid, BuildFailed, StaleBase) as error:
+                raise click.ClickException(
+                    f"{workspace_file}: {error}\nfix it, or move it away to serve without it"
+                ) from None
+        defaults = await runtime.hooks.embedded_defaults(runtime)
+        write_key = defaults.get("write_key")
+        key = write_key.value if isinstance(write_key, BannerSecret) else write_key
+        lines += await write_key_note(runtime, key if isinstance(key, str) else None)
+        return defaults, lines
     finally:
         await stop_runtime(runtime)
 
@@ -301,7 +322,12 @@ def _shown_path(path: str) -> str:
     return relative if not relative.startswith("..") and os.sep in relative else absolute
 
 
-def _banner(settings: Settings, redis_url: str, defaults: dict[str, BannerValue]) -> str:
+def _banner(
+    settings: Settings,
+    redis_url: str,
+    defaults: dict[str, BannerValue],
+    workspace: Sequence[str] = (),
+) -> str:
     base = settings.local_url
     command = signalsmith_command()
     if settings.data_path != Path(DEFAULT_DATA_DIR).absolute():
@@ -318,7 +344,7 @@ def _banner(settings: Settings, redis_url: str, defaults: dict[str, BannerValue]
     for name, value in defaults.items():
         label = LABELS.get(name, name.replace("_", " "))
         label = label[0].upper() + label[1:]
-        if isinstance(value, Secret):
+        if isinstance(value, BannerSecret):
             if value.new:
                 text = f"{value.value}  (new: shown this once; kept in {value.path})"
             else:
@@ -330,14 +356,15 @@ def _banner(settings: Settings, redis_url: str, defaults: dict[str, BannerValue]
         else:
             text = str(value)
         lines.append(f"  {label}: {text}")
+    lines += [line if line.startswith(" ") else f"  {line}" for line in workspace]
     write_key = defaults.get("write_key")
     if write_key:
         body = '{"userId":"user-1","event":"Hello SignalSmith","properties":{"plan":"pro"}}'
-        if isinstance(write_key, Secret) and not write_key.new:
+        if isinstance(write_key, BannerSecret) and not write_key.new:
             # Read from its file, so the key itself is not printed again.
             user = f'"$(cat {shlex.quote(write_key.path)}):"'
         else:
-            key = write_key.value if isinstance(write_key, Secret) else str(write_key)
+            key = write_key.value if isinstance(write_key, BannerSecret) else str(write_key)
             user = shlex.quote(key + ":")
         lines += [
             "  Send a track event:",

@@ -1,11 +1,13 @@
 """The worker: delivers buffered events to every sink, one Redis consumer group per sink.
 
-Steps 9-12 of the pipeline (``shared/design.md``). For each sink a task reads the stream
-``P:events`` through the sink's own consumer group (named after the sink), gathers entries into
-batches, calls the plugin that registered the sink and acknowledges the entries. A failed batch
-is retried with backoff, then moved to the sink's dead-letter stream ``P:dlq:<sink>``. Entries a
-crashed consumer left pending are reclaimed with XAUTOCLAIM, and the stream is trimmed below what
-every group has acknowledged.
+Steps 9-12 of the pipeline (``shared/design.md``). For each sink a task reads the events stream
+through the sink's own consumer group (``signalsmith.stream``), gathers entries into batches,
+routes them (the sink's ``Routing``: types, event names, consent, ``integrations``), calls the
+plugin that registered the sink with what the sink takes, and acknowledges the entries. Failed
+events are retried with backoff, then moved to the sink's dead-letter stream; a sink may say
+which events of a batch failed (``DeliveryReport``), and only those are retried or
+dead-lettered. Entries a crashed consumer left pending are reclaimed, and the stream is trimmed
+below what every group has acknowledged.
 
 Delivery is at least once: after a crash a sink may see a batch again, never zero times.
 ``docs/worker.md`` describes the behaviour for operators.
@@ -24,31 +26,41 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import msgspec
-import pluggy
 import redis.asyncio as aioredis
 import uvloop
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from signalsmith.buffer import FORMAT_VERSION, dead_letter_key, stream_key
+from signalsmith.boot import start_runtime, stop_runtime
 from signalsmith.config import Settings
 from signalsmith.gc_tuning import tune_gc
-from signalsmith.model import Event, event_list_decoder, event_list_encoder
-from signalsmith.plugins import (
-    PluginConfigError,
-    call_impl,
-    impls_in_call_order,
-    resolve,
-    sink_hook_impl,
+from signalsmith.hooks import PluginConfigError, resolve
+from signalsmith.model import Event
+from signalsmith.records import (
+    DeliveryReport,
+    Outcome,
+    PermanentSinkError,
+    Sink,
+    SinkError,
+    StageStatus,
 )
-from signalsmith.records import Outcome, PermanentSinkError, Sink, SinkError, StageStatus
-from signalsmith.runtime import Runtime, start_runtime, stop_runtime
+from signalsmith.routing import Router
+from signalsmith.runtime import Runtime
+from signalsmith.stream import (
+    ConsumerGroup,
+    DeadLetter,
+    StreamEntry,
+    dead_letter_fields,
+    group_names,
+    now_iso,
+    stream_key,
+    trim_acknowledged,
+    undecodable_dead_letter_fields,
+)
+from signalsmith.workspace.groups import retire_removed_destinations
 
 log = logging.getLogger("signalsmith.worker")
 
@@ -72,16 +84,6 @@ REDIS_BACKOFF_MAX_SECONDS = 5.0
 # Errors that mean "Redis cannot be reached right now": the same command is worth retrying.
 TRANSIENT_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
-# Removes a consumer from a group only if it has nothing pending, atomically: a consumer that
-# reads between our look at it and the removal keeps its entries.
-# KEYS[1] stream; ARGV: group, consumer. Returns -1 when the consumer has pending entries.
-FORGET_CONSUMER_SCRIPT = """
-if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then
-  return -1
-end
-return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-"""
-
 
 # --- small helpers ------------------------------------------------------------------------
 
@@ -101,33 +103,9 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     return random.uniform(0.0, max(ceiling, 0.0))
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _parse_id(value: Any) -> tuple[int, int]:
-    milliseconds, _, sequence = _text(value).partition("-")
-    return int(milliseconds), int(sequence or 0)
-
-
-def _format_id(stream_id: tuple[int, int]) -> str:
-    return f"{stream_id[0]}-{stream_id[1]}"
-
-
-def _id_after(stream_id: tuple[int, int]) -> tuple[int, int]:
-    milliseconds, sequence = stream_id
-    if sequence >= 2**64 - 1:
-        return milliseconds + 1, 0
-    return milliseconds, sequence + 1
-
-
 def _describe(error: BaseException) -> str:
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def _sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> bool:
@@ -153,92 +131,18 @@ def _read_block_ms(configured: int, redis: aioredis.Redis) -> int:
     return block
 
 
-def _stream_entries(reply: Any) -> list[tuple[str, dict[str, Any] | None]]:
-    """The ``(id, fields)`` pairs of a one-stream XREADGROUP reply (RESP2 list or RESP3 map)."""
-    if not reply:
-        return []
-    per_stream = reply.values() if isinstance(reply, dict) else (item[1] for item in reply)
-    return [
-        (_text(entry_id), _named(fields))
-        for stream_entries in per_stream
-        for entry_id, fields in stream_entries
-    ]
+class _Settlement:
+    """What became of a batch's events so far: delivered, or given up on with a reason."""
 
+    __slots__ = ("attempts", "batch_error", "delivered", "rejected")
 
-def _named(fields: Any) -> dict[str, Any] | None:
-    # An entry deleted or trimmed while pending comes back without fields.
-    if not fields:
-        return None
-    return {_text(key): value for key, value in fields.items()}
-
-
-# --- stream entries ---------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Entry:
-    """One stream entry as a consumer holds it: its events to deliver, or why there are none.
-
-    ``events`` excludes the duplicates listed in ``dup``. An entry with no events and no
-    ``problem`` (all duplicates, or deleted while pending) only needs acknowledging; one with a
-    ``problem`` could not be decoded and is dead-lettered as it is, with its original ``fields``.
-    """
-
-    id: str
-    events: list[Event]
-    problem: str | None = None
-    fields: dict[str, Any] | None = None
-
-
-def _decode_entry(entry_id: str, fields: dict[str, Any] | None) -> _Entry:
-    if fields is None:
-        return _Entry(entry_id, [])
-    version = fields.get("v", FORMAT_VERSION)
-    if _text(version) != FORMAT_VERSION.decode():
-        # Written by a newer collector than this worker: keep it for a replay, don't guess.
-        return _Entry(entry_id, [], f"unknown entry format v={_text(version)}", fields)
-    try:
-        events = event_list_decoder.decode(fields.get("d", b""))
-        skip = {int(index) for index in _text(fields.get("dup", b"")).split(",") if index}
-    except (msgspec.DecodeError, ValueError, TypeError) as error:
-        return _Entry(entry_id, [], f"undecodable entry: {error}", fields)
-    if skip:
-        events = [event for index, event in enumerate(events) if index not in skip]
-    return _Entry(entry_id, events)
-
-
-# --- trimming -----------------------------------------------------------------------------------
-
-
-async def trim_acknowledged(redis: aioredis.Redis, stream: str) -> int:
-    """Remove the entries of ``stream`` that every consumer group has acknowledged.
-
-    For each group the first entry it still needs is its oldest pending entry, or, with nothing
-    pending, the one after its last-delivered id; the stream is trimmed (XTRIM MINID, exact)
-    below the lowest of these. A stream without groups is never trimmed: nothing says its
-    entries were delivered anywhere. Returns the number of entries removed.
-    """
-    try:
-        groups = await redis.xinfo_groups(stream)
-    except ResponseError as error:
-        if "no such key" in str(error).lower():
-            return 0
-        raise
-    if not groups:
-        return 0
-    floor: tuple[int, int] | None = None
-    for raw_group in groups:
-        group = {_text(key): value for key, value in raw_group.items()}
-        # Both figures only ever rise while we look (reads deliver later ids, acks remove the
-        # oldest), so a slightly stale reading trims less, never more.
-        needed = _id_after(_parse_id(group["last-delivered-id"]))
-        if int(group.get("pending") or 0) > 0:
-            summary = await redis.xpending(stream, group["name"])
-            if summary and summary.get("min") is not None:
-                needed = min(needed, _parse_id(summary["min"]))
-        floor = needed if floor is None else min(floor, needed)
-    assert floor is not None
-    return int(await redis.xtrim(stream, minid=_format_id(floor), approximate=False))
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.delivered: list[Event] = []
+        # message_id -> (event, reason), in the order they were given up on.
+        self.rejected: dict[str, tuple[Event, str]] = {}
+        # Set when every remaining event failed together (an exception, retries spent).
+        self.batch_error: str | None = None
 
 
 # --- one sink -----------------------------------------------------------------------------------
@@ -247,25 +151,21 @@ async def trim_acknowledged(redis: aioredis.Redis, stream: str) -> int:
 class SinkConsumer:
     """Delivers the stream to one sink through the sink's consumer group (one task per sink)."""
 
-    def __init__(
-        self,
-        runtime: Runtime,
-        sink: Sink,
-        consumer: str,
-        observers: Sequence[pluggy.HookImpl] = (),
-    ) -> None:
+    def __init__(self, runtime: Runtime, sink: Sink, consumer: str) -> None:
         settings = runtime.settings
+        self.runtime = runtime
         self.redis: aioredis.Redis = runtime.redis
         self.settings = settings
         self.sink = sink
-        self.group = sink.name
         self.consumer = consumer
-        self.stream = stream_key(settings.key_prefix)
-        self.dead_letters = dead_letter_key(settings.key_prefix, sink.name)
+        self.group = ConsumerGroup(runtime.redis, settings.key_prefix, sink.name, consumer)
+        self.stream = self.group.stream
+        self.dead_letters = self.group.dead_letters
         self.max_attempts = max(1, sink.max_attempts)
-        self._impl = sink_hook_impl(runtime.pm, sink)
-        self._observers = list(observers)
-        self._forget_consumer = self.redis.register_script(FORGET_CONSUMER_SCRIPT)
+        self._delivery = runtime.hooks.delivery(sink)
+        self._sink_argument = "warehouse" if sink.kind == "warehouse" else "destination"
+        self._router = Router(sink)
+        self._observing = runtime.hooks.has_observers
         self._block_ms = _read_block_ms(settings.worker_block_ms, self.redis)
         claim_idle_seconds = settings.worker_claim_idle_ms / 1000
         self._reclaim_every = min(RECLAIM_INTERVAL_MAX_SECONDS, max(0.1, claim_idle_seconds / 2))
@@ -274,12 +174,37 @@ class SinkConsumer:
         self._touch_every = max(0.05, claim_idle_seconds / 3)
         # Entries delivered to this consumer and not yet in a batch (left over from a read, own
         # pending, reclaimed), and the ids of those plus the batch in flight: never queued twice.
-        self._backlog: deque[_Entry] = deque()
+        self._backlog: deque[StreamEntry] = deque()
         self._held: set[str] = set()
         self._group_ready = False
         self._read_own_pending = True
         self._claim_cursor = "0-0"
         self._next_reclaim = 0.0
+        # A new workspace version of this sink, taken between two batches (replace_sink).
+        self._next_sink: Sink | None = None
+        self._retired = False
+        # Where the group starts when this consumer creates it (see ConsumerGroup.create).
+        self.group_start = "0"
+
+    def retire(self) -> None:
+        """The sink was removed from the workspace: deliver no batch read from now on (the
+        entries are released as the loop stops)."""
+        self._retired = True
+
+    def replace_sink(self, sink: Sink) -> None:
+        """Deliver with ``sink`` (the sink in a new workspace version) from the next batch on:
+        a batch is delivered with one version of the sink from start to end."""
+        self._next_sink = sink
+
+    def _take_next_sink(self) -> None:
+        sink, self._next_sink = self._next_sink, None
+        if sink is None:
+            return
+        self.sink = sink
+        self.max_attempts = max(1, sink.max_attempts)
+        self._delivery = self.runtime.hooks.delivery(sink)
+        self._sink_argument = "warehouse" if sink.kind == "warehouse" else "destination"
+        self._router = Router(sink)
 
     # -- the loop --
 
@@ -324,15 +249,7 @@ class SinkConsumer:
         if not ids:
             return
         try:
-            await self.redis.xclaim(
-                self.stream,
-                self.group,
-                self.consumer,
-                0,
-                ids,
-                idle=self.settings.worker_claim_idle_ms,
-                justid=True,
-            )
+            await self.group.claim(ids, idle_ms=self.settings.worker_claim_idle_ms)
         except (RedisError, OSError) as error:  # they are reclaimed once idle anyway
             log.debug("sink %s: could not release read-ahead entries: %s", self.sink.name, error)
             return
@@ -342,7 +259,9 @@ class SinkConsumer:
 
     async def _step(self, stop: asyncio.Event) -> None:
         if not self._group_ready:
-            await self._create_group()
+            if await self.group.create(self.group_start):
+                log.info("sink %s: created consumer group on %s", self.sink.name, self.stream)
+            self._group_ready = True
         if self._read_own_pending:
             await self._load_own_pending()
             self._read_own_pending = False
@@ -352,6 +271,10 @@ class SinkConsumer:
         ):
             await self._reclaim()
         batch = await self._next_batch(stop)
+        self._take_next_sink()
+        if self._retired:
+            self._backlog.extendleft(reversed(batch))  # released by run() as it stops
+            return
         if not batch:
             return
         delivered = asyncio.Event()
@@ -378,43 +301,26 @@ class SinkConsumer:
             if queued >= limit:
                 return
             try:
-                reply = await self.redis.xreadgroup(
-                    self.group,
-                    self.consumer,
-                    {self.stream: ">"},
-                    count=min(limit - queued, MAX_ENTRIES_PER_READ),
-                )
+                entries = await self.group.read_new(min(limit - queued, MAX_ENTRIES_PER_READ))
             except (RedisError, OSError) as error:
                 # The read may have handed us entries we never saw: reload them next step.
                 self._read_own_pending = True
                 log.debug("sink %s: read-ahead failed: %s", self.sink.name, _describe(error))
                 return
-            entries = _stream_entries(reply)
-            for entry_id, fields in entries:
-                entry = _decode_entry(entry_id, fields)
+            for entry in entries:
                 self._held.add(entry.id)
                 self._backlog.append(entry)
             if not entries:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(delivered.wait(), READ_AHEAD_POLL_SECONDS)
 
-    async def _create_group(self) -> None:
-        # Id 0: a new sink starts with whatever the stream still holds, not only what comes next.
-        try:
-            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-            log.info("sink %s: created consumer group on %s", self.sink.name, self.stream)
-        except ResponseError as error:
-            if "BUSYGROUP" not in str(error):
-                raise
-        self._group_ready = True
-
-    def _queue(self, entries: Iterable[tuple[str, dict[str, Any] | None]]) -> int:
+    def _queue(self, entries: Iterable[StreamEntry]) -> int:
         queued = 0
-        for entry_id, fields in entries:
-            if entry_id in self._held:
+        for entry in entries:
+            if entry.id in self._held:
                 continue
-            self._held.add(entry_id)
-            self._backlog.append(_decode_entry(entry_id, fields))
+            self._held.add(entry.id)
+            self._backlog.append(entry)
             queued += 1
         return queued
 
@@ -422,32 +328,23 @@ class SinkConsumer:
         """Queue what this consumer was handed and has not acknowledged (XREADGROUP from 0)."""
         last = "0-0"
         while True:
-            reply = await self.redis.xreadgroup(
-                self.group, self.consumer, {self.stream: last}, count=MAX_ENTRIES_PER_READ
-            )
-            entries = _stream_entries(reply)
+            entries = await self.group.read_own_pending(last, MAX_ENTRIES_PER_READ)
             if not entries:
                 return
             queued = self._queue(entries)
             if queued:
                 log.info("sink %s: resuming %d pending entries", self.sink.name, queued)
-            last = entries[-1][0]
+            last = entries[-1].id
 
     async def _reclaim(self) -> None:
         """Take over entries idle longer than the claim idle time (their consumer died)."""
         self._next_reclaim = time.monotonic() + self._reclaim_every
-        reply = await self.redis.xautoclaim(
-            self.stream,
-            self.group,
-            self.consumer,
-            min_idle_time=self.settings.worker_claim_idle_ms,
-            start_id=self._claim_cursor,
-            count=min(max(1, self.sink.batch_size), MAX_ENTRIES_PER_READ),
+        self._claim_cursor, entries = await self.group.reclaim(
+            self.settings.worker_claim_idle_ms,
+            self._claim_cursor,
+            min(max(1, self.sink.batch_size), MAX_ENTRIES_PER_READ),
         )
-        # reply[2] (Redis 7) lists entries deleted from the stream while pending; Redis has
-        # already removed them from the pending list, so there is nothing to acknowledge.
-        self._claim_cursor = _text(reply[0])
-        queued = self._queue((_text(entry_id), _named(fields)) for entry_id, fields in reply[1])
+        queued = self._queue(entries)
         if queued:
             log.warning(
                 "sink %s: reclaimed %d entries idle for over %d ms (a consumer died or stalled)",
@@ -456,20 +353,10 @@ class SinkConsumer:
                 self.settings.worker_claim_idle_ms,
             )
         if self._claim_cursor == "0-0":  # a full pass over the pending list
-            await self._forget_departed_consumers()
+            for name in await self.group.forget_departed(FORGET_CONSUMER_AFTER_MS):
+                log.info("sink %s: removed departed consumer %s", self.sink.name, name)
 
-    async def _forget_departed_consumers(self) -> None:
-        for raw in await self.redis.xinfo_consumers(self.stream, self.group):
-            info = {_text(key): value for key, value in raw.items()}
-            name = _text(info["name"])
-            if name == self.consumer or int(info.get("pending") or 0) > 0:
-                continue
-            if int(info.get("idle") or 0) > FORGET_CONSUMER_AFTER_MS:
-                removed = await self._forget_consumer(keys=[self.stream], args=[self.group, name])
-                if removed != -1:
-                    log.info("sink %s: removed departed consumer %s", self.sink.name, name)
-
-    async def _next_batch(self, stop: asyncio.Event) -> list[_Entry]:
+    async def _next_batch(self, stop: asyncio.Event) -> list[StreamEntry]:
         """Entries holding up to ``batch_size`` events: queued ones first, else new ones.
 
         New entries are read until the batch is full or ``max_wait_seconds`` have passed since
@@ -477,7 +364,7 @@ class SinkConsumer:
         over the size only when a single entry is.
         """
         limit = max(1, self.sink.batch_size)
-        batch: list[_Entry] = []
+        batch: list[StreamEntry] = []
         count = 0
         while self._backlog and (not batch or count + len(self._backlog[0].events) <= limit):
             entry = self._backlog.popleft()
@@ -495,29 +382,23 @@ class SinkConsumer:
                     break
                 block_ms = min(block_ms, remaining_ms)
             try:
-                reply = await self.redis.xreadgroup(
-                    self.group,
-                    self.consumer,
-                    {self.stream: ">"},
-                    # Every entry holds at least one event, so this never reads past the limit
-                    # by more than the events of multi-event entries.
-                    count=min(limit - count, MAX_ENTRIES_PER_READ),
-                    block=block_ms,
+                # Every entry holds at least one event, so this never reads past the limit by
+                # more than the events of multi-event entries.
+                entries = await self.group.read_new(
+                    min(limit - count, MAX_ENTRIES_PER_READ), block_ms=block_ms
                 )
             except BaseException:
                 # The entries read so far are held: queue them for the next batch, or they
                 # would be skipped as held when the pending list is reloaded.
                 self._backlog.extendleft(reversed(batch))
                 raise
-            entries = _stream_entries(reply)
             if not entries:
                 if not batch:
                     return []  # idle: let the loop look at stop and the reclaim schedule
                 continue
             if deadline is None:
                 deadline = time.monotonic() + max(0.0, self.sink.max_wait_seconds)
-            for entry_id, fields in entries:
-                entry = _decode_entry(entry_id, fields)
+            for entry in entries:
                 self._held.add(entry.id)
                 if self._backlog or (batch and count + len(entry.events) > limit):
                     self._backlog.append(entry)  # starts the next batch, in stream order
@@ -528,14 +409,14 @@ class SinkConsumer:
 
     # -- one batch --
 
-    async def _process(self, batch: list[_Entry], stop: asyncio.Event) -> None:
+    async def _process(self, batch: list[StreamEntry], stop: asyncio.Event) -> None:
         try:
             await self._process_held(batch, stop)
         finally:
             # Acknowledged, dead-lettered, or left pending for a reclaim: no longer held.
             self._held.difference_update(entry.id for entry in batch)
 
-    async def _process_held(self, batch: list[_Entry], stop: asyncio.Event) -> None:
+    async def _process_held(self, batch: list[StreamEntry], stop: asyncio.Event) -> None:
         nothing_to_deliver = [e.id for e in batch if not e.events and e.problem is None]
         if nothing_to_deliver:
             await self._ack(nothing_to_deliver, stop)
@@ -545,69 +426,132 @@ class SinkConsumer:
         entries = [entry for entry in batch if entry.events]
         if not entries:
             return
-        events = [event for entry in entries for event in entry.events]
         ids = [entry.id for entry in entries]
+        events = await self._routed([event for entry in entries for event in entry.events])
+        settled = _Settlement()
+        if events and not await self._deliver_until_settled(events, settled, stop):
+            # Stopped during a retry wait: not acknowledged and not dead-lettered, so another
+            # consumer (or this one's successor) reclaims the entries once idle long enough.
+            log.warning(
+                "sink %s: stopping; %d entries left pending for a later reclaim",
+                self.sink.name,
+                len(ids),
+            )
+            return
+        if settled.rejected:
+            await self._dead_letter(settled, ids, stop)
+        else:
+            await self._ack(ids, stop)
+        log.debug(
+            "sink %s: settled %d entries: %d events delivered, %d dead-lettered",
+            self.sink.name,
+            len(ids),
+            len(settled.delivered),
+            len(settled.rejected),
+        )
+
+    async def _routed(self, events: list[Event]) -> list[Event]:
+        """The events this sink takes; the others are skipped (and observers told why)."""
+        if self._router.takes_everything:
+            return events
+        taken: list[Event] = []
+        skipped: list[Outcome] = []
+        for event in events:
+            reason = self._router.refusal(event)
+            if reason is None:
+                taken.append(event)
+            elif self._observing:
+                skipped.append(self._outcome(event, "skipped", reason=reason))
+        if skipped:
+            await self._notify(skipped)
+        return taken
+
+    async def _deliver_until_settled(
+        self, events: list[Event], settled: _Settlement, stop: asyncio.Event
+    ) -> bool:
+        """Deliver ``events``, retrying the ones that fail, until each is delivered or given
+        up on (in ``settled``). Returns False when ``stop`` cut a retry wait short."""
+        pending = events
         attempt = 0
         while True:
             attempt += 1
+            settled.attempts = attempt
+            retry_after: float | None = None
             try:
-                await self._deliver(events)
+                report = await self._deliver(pending)
             except Exception as caught:  # any failure of the plugin is the sink failing
-                error: Exception = caught
+                error: str = _describe(caught)
+                failed = pending
+                permanent = isinstance(caught, PermanentSinkError)
+                retry_after = caught.retry_after if isinstance(caught, SinkError) else None
+                traceback = caught if not isinstance(caught, SinkError) else None
             else:
-                await self._ack(ids, stop)
-                log.debug(
-                    "sink %s: delivered %d events from %d entries",
-                    self.sink.name,
-                    len(events),
-                    len(ids),
-                )
-                await self._observe(events, "delivered")
-                return
-            if isinstance(error, PermanentSinkError) or attempt >= self.max_attempts:
-                break
-            delay = self._retry_delay(attempt, error)
+                failed, error = await self._apply_report(pending, report, settled)
+                if not failed:
+                    return True
+                permanent = False
+                retry_after = report.retry_after if report is not None else None
+                traceback = None
+            if permanent or attempt >= self.max_attempts:
+                settled.batch_error = error if failed is pending else settled.batch_error
+                for event in failed:
+                    settled.rejected.setdefault(event.message_id, (event, error))
+                return True
+            delay = self._retry_delay(attempt, retry_after)
             log.warning(
                 "sink %s: attempt %d of %d failed for %d events: %s; retrying in %.2fs",
                 self.sink.name,
                 attempt,
                 self.max_attempts,
-                len(events),
-                _describe(error),
+                len(failed),
+                error,
                 delay,
-                exc_info=error if not isinstance(error, SinkError) else None,
+                exc_info=traceback,
             )
             await self._observe(
-                events,
-                "retried",
-                reason=_describe(error),
-                detail=f"attempt {attempt} of {self.max_attempts}",
+                failed, "retried", reason=error, detail=f"attempt {attempt} of {self.max_attempts}"
             )
+            pending = failed
             if await self._wait_holding(delay, stop):
-                # Not acknowledged and not dead-lettered: another consumer (or this one's
-                # successor) reclaims the entries once they have been idle long enough.
-                log.warning(
-                    "sink %s: stopping; %d entries left pending for a later reclaim",
-                    self.sink.name,
-                    len(ids),
-                )
-                return
-        await self._dead_letter(events, ids, error, attempt, stop)
-        await self._observe(
-            events, "dead_lettered", reason=_describe(error), detail=f"after {attempt} attempts"
-        )
+                return False
 
-    async def _deliver(self, events: list[Event]) -> None:
+    async def _apply_report(
+        self, events: list[Event], report: DeliveryReport | None, settled: _Settlement
+    ) -> tuple[list[Event], str]:
+        """Settle what the sink said of each event; return the events to retry, and why."""
+        if report is None or (not report.retry and not report.rejected):
+            settled.delivered += events
+            await self._observe(events, "delivered")
+            return [], ""
+        delivered: list[Event] = []
+        retry: list[Event] = []
+        for event in events:
+            message_id = event.message_id
+            if message_id in report.rejected:
+                settled.rejected[message_id] = (event, report.rejected[message_id])
+            elif message_id in report.retry:
+                retry.append(event)
+            else:
+                delivered.append(event)
+        settled.delivered += delivered
+        await self._observe(delivered, "delivered")
+        if not retry:
+            return [], ""
+        first = report.retry[retry[0].message_id]
+        more = f" (and {len(retry) - 1} more)" if len(retry) > 1 else ""
+        return retry, f"the sink asked to retry {len(retry)} events: {first}{more}"
+
+    async def _deliver(self, events: list[Event]) -> DeliveryReport | None:
         # A copy each time: a plugin that edits the list must not change what a retry or the
         # dead-letter stream gets.
-        if self.sink.kind == "warehouse":
-            result = call_impl(self._impl, warehouse=self.sink, events=list(events))
-        else:
-            result = call_impl(self._impl, destination=self.sink, events=list(events))
-        await resolve(result)
+        result = self._delivery(
+            **{self._sink_argument: self.sink},
+            events=list(events),
+            runtime=self.runtime,
+        )
+        return await resolve(result)
 
-    def _retry_delay(self, attempt: int, error: Exception) -> float:
-        retry_after = error.retry_after if isinstance(error, SinkError) else None
+    def _retry_delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None and retry_after >= 0:
             return float(retry_after)  # the destination said when; sooner would be refused
         return backoff_delay(
@@ -636,75 +580,78 @@ class SinkConsumer:
         if not self._held:
             return
         try:
-            await self.redis.xclaim(
-                self.stream, self.group, self.consumer, 0, sorted(self._held), justid=True
-            )
+            await self.group.claim(sorted(self._held))
         except RedisError as error:  # at worst another worker reclaims the batch
             log.debug("sink %s: could not refresh held entries: %s", self.sink.name, error)
 
     async def _ack(self, ids: list[str], stop: asyncio.Event) -> None:
-        await self._until_done(stop, "XACK", lambda: self.redis.xack(self.stream, self.group, *ids))
+        await self._until_done(stop, "XACK", lambda: self.group.ack(ids))
 
-    async def _dead_letter(
-        self,
-        events: list[Event],
-        ids: list[str],
-        error: Exception,
-        attempts: int,
-        stop: asyncio.Event,
-    ) -> None:
-        fields: dict[str, Any] = {
-            "v": FORMAT_VERSION,
-            "sink": self.sink.name,
-            "n": len(events),
-            "d": event_list_encoder.encode(events),
-            "error": _describe(error),
-            "attempts": attempts,
-            "entry_ids": ",".join(ids),
-            "failed_at": _now_iso(),
+    async def _dead_letter(self, settled: _Settlement, ids: list[str], stop: asyncio.Event) -> None:
+        """Move the given-up events to the dead-letter stream and acknowledge the entries."""
+        events = [event for event, _ in settled.rejected.values()]
+        errors = {
+            message_id: reason
+            for message_id, (_, reason) in settled.rejected.items()
+            if reason != settled.batch_error
         }
-        await self._dead_letter_and_ack(fields, ids, stop)
+        summary = settled.batch_error or f"{len(events)} events rejected by the sink"
+        letter = DeadLetter(
+            sink=self.sink.name,
+            events=events,
+            error=summary,
+            attempts=settled.attempts,
+            entry_ids=ids,
+            failed_at=now_iso(),
+            errors=errors,
+        )
+        fields = dead_letter_fields(letter)
+        await self._until_done(
+            stop, "dead-lettering", lambda: self.group.dead_letter([fields], ids)
+        )
         log.error(
-            "sink %s: dead-lettered %d events (%d entries) to %s after %d attempts: %s",
+            "sink %s: dead-lettered %d events (from %d entries) to %s: %s",
             self.sink.name,
             len(events),
             len(ids),
             self.dead_letters,
-            attempts,
-            _describe(error),
+            summary,
         )
+        if self._observing:
+            await self._notify(
+                [
+                    self._outcome(event, "dead_lettered", reason=reason)
+                    for event, reason in settled.rejected.values()
+                ]
+            )
 
-    async def _dead_letter_undecodable(self, entry: _Entry, stop: asyncio.Event) -> None:
-        # Kept exactly as written (v, src, n, d, dup), so a newer worker can replay it.
-        fields: dict[str, Any] = {
-            **(entry.fields or {}),
-            "sink": self.sink.name,
-            "error": entry.problem or "undecodable entry",
-            "attempts": 0,
-            "entry_ids": entry.id,
-            "failed_at": _now_iso(),
-        }
-        await self._dead_letter_and_ack(fields, [entry.id], stop)
+    async def _dead_letter_undecodable(self, entry: StreamEntry, stop: asyncio.Event) -> None:
+        problem = entry.problem or "undecodable entry"
+        fields = undecodable_dead_letter_fields(entry, self.sink.name, problem)
+        await self._until_done(
+            stop, "dead-lettering", lambda: self.group.dead_letter([fields], [entry.id])
+        )
         log.error(
             "sink %s: dead-lettered entry %s to %s: %s",
             self.sink.name,
             entry.id,
             self.dead_letters,
-            entry.problem,
+            problem,
         )
-        await self._observe_undecodable(entry)
-
-    async def _dead_letter_and_ack(
-        self, fields: dict[str, Any], ids: list[str], stop: asyncio.Event
-    ) -> None:
-        async def move() -> None:
-            # One transaction: a crash cannot leave the batch both dead-lettered and pending.
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.xadd(self.dead_letters, fields)
-                pipe.xack(self.stream, self.group, *ids)
-                await pipe.execute()
-
-        await self._until_done(stop, "dead-lettering", move)
+        if self._observing:
+            await self._notify(
+                [
+                    Outcome(
+                        stage="deliver",
+                        status="dead_lettered",
+                        message_id=None,
+                        source_id=entry.source_id or None,
+                        sink=self.sink.name,
+                        reason=problem,
+                        detail=f"entry {entry.id}",
+                    )
+                ]
+            )
 
     async def _until_done(
         self, stop: asyncio.Event, what: str, operation: Callable[[], Awaitable[T]]
@@ -736,6 +683,25 @@ class SinkConsumer:
 
     # -- observers --
 
+    def _outcome(
+        self,
+        event: Event,
+        status: StageStatus,
+        *,
+        reason: str | None = None,
+        detail: str | None = None,
+    ) -> Outcome:
+        return Outcome(
+            stage="deliver",
+            status=status,
+            message_id=event.message_id,
+            source_id=event.project_id or None,
+            sink=self.sink.name,
+            reason=reason,
+            detail=detail,
+            event=event,
+        )
+
     async def _observe(
         self,
         events: list[Event],
@@ -744,47 +710,15 @@ class SinkConsumer:
         reason: str | None = None,
         detail: str | None = None,
     ) -> None:
-        if not self._observers:
+        if not self._observing or not events:
             return
         await self._notify(
-            [
-                Outcome(
-                    stage="deliver",
-                    status=status,
-                    message_id=event.message_id,
-                    source_id=event.project_id or None,
-                    sink=self.sink.name,
-                    reason=reason,
-                    detail=detail,
-                )
-                for event in events
-            ]
-        )
-
-    async def _observe_undecodable(self, entry: _Entry) -> None:
-        if not self._observers:
-            return
-        source = _text(entry.fields.get("src", b"")) if entry.fields else ""
-        await self._notify(
-            [
-                Outcome(
-                    stage="deliver",
-                    status="dead_lettered",
-                    message_id=None,
-                    source_id=source or None,
-                    sink=self.sink.name,
-                    reason=entry.problem,
-                    detail=f"entry {entry.id}",
-                )
-            ]
+            [self._outcome(event, status, reason=reason, detail=detail) for event in events]
         )
 
     async def _notify(self, outcomes: list[Outcome]) -> None:
-        for impl in self._observers:
-            try:
-                await resolve(call_impl(impl, outcomes=outcomes))
-            except Exception:  # an observer can never hold up or fail a delivery
-                log.exception("observer %s failed", impl.plugin_name)
+        # Each observer in its own try (Hooks.observe): one can never hold up or fail a delivery.
+        await self.runtime.hooks.observe(outcomes, self.runtime)
 
 
 # --- the worker ----------------------------------------------------------------------------------
@@ -812,20 +746,23 @@ class Worker:
         self.trim_interval = trim_interval
         registered = runtime.sinks
         self.registered_names = frozenset(sink.name for sink in registered)
+        # The workspace's destinations come and go with its versions (WorkspaceConsumers).
+        active = runtime.workspace.active
+        declared = {sink.name for sink in active.destinations} if active else set()
+        self.only = frozenset(only) if only is not None else None
         if only is not None:
             wanted = list(dict.fromkeys(only))
-            unknown = [name for name in wanted if name not in self.registered_names]
+            unknown = [name for name in wanted if name not in self.registered_names | declared]
             if unknown:
                 raise PluginConfigError(
                     f"no sink named {', '.join(map(repr, unknown))}; registered sinks: "
-                    f"{', '.join(sorted(self.registered_names)) or 'none'}"
+                    f"{', '.join(sorted(self.registered_names)) or 'none'}; workspace "
+                    f"destinations: {', '.join(sorted(declared)) or 'none'}"
                 )
             registered = [sink for sink in registered if sink.name in wanted]
         self.sinks: list[Sink] = registered
-        observers = impls_in_call_order(runtime.pm, "observe_outcomes")
-        self.consumers = [
-            SinkConsumer(runtime, sink, self.consumer, observers) for sink in self.sinks
-        ]
+        self.consumers = [SinkConsumer(runtime, sink, self.consumer) for sink in self.sinks]
+        self.workspace_consumers = WorkspaceConsumers(self)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; each sink finishes its batch in flight, then return."""
@@ -837,11 +774,11 @@ class Worker:
                 len(self.sinks),
                 ", ".join(f"{s.name} ({s.kind}, plugin {s.plugin})" for s in self.sinks),
             )
-        else:
+        elif self.runtime.workspace.active is None:
             log.warning(
                 "worker %s: no sinks to deliver to; install a destination or warehouse plugin "
-                "(and check SIGNALSMITH_LOAD_PLUGINS / SIGNALSMITH_BLOCK_PLUGINS). Idling "
-                "until stopped; events stay buffered.",
+                "(and check SIGNALSMITH_LOAD_PLUGINS / SIGNALSMITH_BLOCK_PLUGINS), or declare "
+                "destinations in the workspace. Idling until stopped; events stay buffered.",
                 self.consumer,
             )
         tasks = [
@@ -849,6 +786,9 @@ class Worker:
             for consumer in self.consumers
         ]
         tasks.append(asyncio.create_task(self._trim_forever(stop), name="signalsmith-trim"))
+        tasks.append(
+            asyncio.create_task(self.workspace_consumers.run(stop), name="signalsmith-workspace")
+        )
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -864,6 +804,15 @@ class Worker:
                 removed = await trim_acknowledged(self.runtime.redis, self.stream)
                 if removed:
                     log.debug("trimmed %d acknowledged entries from %s", removed, self.stream)
+                for name in await retire_removed_destinations(
+                    self.runtime.redis, self.stream, self.runtime.workspace, self.registered_names
+                ):
+                    log.info(
+                        "destination %s is no longer in the workspace: deleted its consumer "
+                        "group on %s (its dead letters stay)",
+                        name,
+                        self.stream,
+                    )
                 await self._warn_unserved_groups(warned)
             except Exception as error:  # trimming late only costs memory; never crash for it
                 log.warning("trimming %s failed: %s", self.stream, _describe(error))
@@ -872,13 +821,10 @@ class Worker:
 
     async def _warn_unserved_groups(self, warned: set[str]) -> None:
         """Say once per group when a group has no sink here: it holds trimming back."""
-        try:
-            groups = await self.runtime.redis.xinfo_groups(self.stream)
-        except ResponseError:
-            return
-        for raw in groups:
-            name = _text({_text(key): value for key, value in raw.items()}["name"])
-            if name in self.registered_names or name in warned:
+        active = self.runtime.workspace.active
+        served = {s.name for s in active.destinations} if active is not None else set()
+        for name in await group_names(self.runtime.redis, self.stream):
+            if name in self.registered_names or name in served or name in warned:
                 continue
             warned.add(name)
             log.warning(
@@ -889,6 +835,79 @@ class Worker:
                 self.stream,
                 self.stream,
                 name,
+            )
+
+
+# --- workspace destinations (issue 11) ------------------------------------------------------------
+
+
+class WorkspaceConsumers:
+    """The consumers of the workspace's destinations, following the version the process runs:
+    a destination added gets a consumer (its own group and dead letters), a removed one's
+    consumer finishes its batch in flight and stops, a changed one switches between batches."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.running: dict[str, tuple[SinkConsumer, asyncio.Event, asyncio.Task[None]]] = {}
+        self.stopping: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        # Called as the process switches versions, so no batch starts on a removed sink.
+        self.worker.runtime.workspace.on_change(lambda _active: self._follow(stop))
+        self._follow(stop)
+        try:
+            await stop.wait()
+        finally:
+            tasks = [task for _, _, task in self.running.values()] + list(self.stopping)
+            for _, consumer_stop, task in self.running.values():
+                consumer_stop.set()
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _follow(self, stop: asyncio.Event) -> None:
+        active = self.worker.runtime.workspace.active
+        only = self.worker.only
+        wanted = {
+            sink.name: sink
+            for sink in (active.destinations if active is not None else ())
+            if only is None or sink.name in only
+        }
+        for name, (consumer, consumer_stop, task) in list(self.running.items()):
+            sink = wanted.get(name)
+            if sink is None:
+                log.info(
+                    "destination %s is not in workspace version %s: stopping its consumer "
+                    "after its batch in flight",
+                    name,
+                    active.version if active else "-",
+                )
+                consumer.retire()
+                consumer_stop.set()
+                del self.running[name]
+                self.stopping.add(task)
+                task.add_done_callback(self.stopping.discard)
+            elif sink != consumer.sink:
+                consumer.replace_sink(sink)
+        for name, sink in wanted.items():
+            if name in self.running or stop.is_set():
+                continue
+            consumer = SinkConsumer(self.worker.runtime, sink, self.worker.consumer)
+            if active is not None:
+                # A destination new to the stream takes events from the version that added it
+                # on, not the backlog collected before it existed.
+                consumer.group_start = active.stream_position
+            consumer_stop = asyncio.Event()
+            task = asyncio.create_task(consumer.run(consumer_stop), name=f"signalsmith-sink-{name}")
+            self.running[name] = (consumer, consumer_stop, task)
+            log.info(
+                "worker %s: delivering to destination %s (type %s, plugin %s) of workspace "
+                "version %d",
+                self.worker.consumer,
+                name,
+                sink.type,
+                sink.plugin,
+                active.version if active else 0,
             )
 
 

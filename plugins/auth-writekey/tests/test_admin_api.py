@@ -12,10 +12,8 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
-from signalsmith.app import create_app
-from signalsmith.config import Settings
-from signalsmith.plugins import build_plugin_manager
-from signalsmith.testing import track
+from signalsmith import Settings
+from signalsmith.testing import collector_client, track
 from signalsmith_auth_writekey import hash_key
 
 PLUGIN = "auth-writekey"
@@ -26,11 +24,9 @@ KEYS = "/api/v1/admin/keys"
 
 @pytest.fixture
 async def client(settings: Settings) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
-    app = create_app(
-        msgspec.structs.replace(settings, admin_token=ADMIN_TOKEN),
-        build_plugin_manager(allow=[PLUGIN]),
-    )
-    async with AsyncTestClient(app) as client:
+    async with collector_client(
+        msgspec.structs.replace(settings, admin_token=ADMIN_TOKEN), entry_points=[PLUGIN]
+    ) as client:
         yield client
 
 

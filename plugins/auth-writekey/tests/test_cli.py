@@ -12,8 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 from click.testing import CliRunner, Result
 
-from signalsmith.cli import build_cli
-from signalsmith.config import Settings
+from signalsmith import Settings
+from signalsmith.testing import build_cli
 from signalsmith_auth_writekey import KeyStore, WriteKeySource, hash_key
 from signalsmith_auth_writekey.cli import Duration
 

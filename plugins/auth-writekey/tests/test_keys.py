@@ -11,11 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 from click.testing import CliRunner
 
-from signalsmith.cli import build_cli
-from signalsmith.config import Settings
-from signalsmith.plugins import build_plugin_manager, plugin_infos
-from signalsmith.records import Credentials, Source
-from signalsmith.runtime import Runtime, start_runtime, stop_runtime
+from signalsmith import Credentials, Runtime, Settings, Source
+from signalsmith.testing import build_cli, plugin_infos, plugin_manager, runtime_for
 from signalsmith_auth_writekey import (
     InvalidSourceName,
     KeyStore,
@@ -31,11 +28,10 @@ PLUGIN = "auth-writekey"
 async def runtime(settings: Settings, redis: aioredis.Redis) -> AsyncIterator[Runtime]:
     # Only this plugin, loaded through its entry point: proves the wiring, and keeps plugins
     # other people install in the same environment out of these tests.
-    runtime = await start_runtime(
-        settings, "collector", pm=build_plugin_manager(allow=[PLUGIN]), redis=redis
-    )
-    yield runtime
-    await stop_runtime(runtime, close_redis=False)
+    async with runtime_for(
+        settings, role="collector", entry_points=[PLUGIN], redis=redis
+    ) as runtime:
+        yield runtime
 
 
 @pytest.fixture
@@ -72,7 +68,7 @@ async def everything_under(redis: aioredis.Redis, prefix: str) -> list[bytes]:
 
 
 def test_plugin_is_registered_through_its_entry_point() -> None:
-    infos = {info.name: info for info in plugin_infos(build_plugin_manager(allow=[PLUGIN]))}
+    infos = {info.name: info for info in plugin_infos(plugin_manager(entry_points=[PLUGIN]))}
     assert infos[PLUGIN].hooks == [
         "admit_events",
         "authenticate",
@@ -167,7 +163,7 @@ async def test_authenticate_hook_returns_the_first_known_keys_source(
     ios, _ = await store.create("ios")
 
     async def authenticate(*keys: str) -> Source | None:
-        return await runtime.pm.hook.authenticate(credentials=Credentials(write_keys=keys))
+        return await runtime.hooks.authenticate(Credentials(write_keys=keys), runtime)
 
     found = await authenticate("unknown-1", ios, web)
     assert found is not None and found.name == "ios" and found.key_prefix == ios[:10]

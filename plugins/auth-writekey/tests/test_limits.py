@@ -11,11 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from signalsmith.config import Settings
-from signalsmith.embedded import RedisServerProcess
-from signalsmith.plugins import build_plugin_manager
-from signalsmith.records import Refusal, Source
-from signalsmith.runtime import Runtime, start_runtime, stop_runtime
+from signalsmith import Refusal, Runtime, Settings, Source
+from signalsmith.testing import RedisServerProcess, runtime_for
 from signalsmith_auth_writekey import KeyStore, WriteKeySource, hash_key, store_for
 from signalsmith_auth_writekey.invalidation import InvalidationListener
 from signalsmith_auth_writekey.limits import refusal_for
@@ -26,11 +23,8 @@ PLUGIN = "auth-writekey"
 
 @pytest.fixture
 async def runtime(settings: Settings, redis: aioredis.Redis) -> AsyncIterator[Runtime]:
-    runtime = await start_runtime(
-        settings, "cli", pm=build_plugin_manager(allow=[PLUGIN]), redis=redis
-    )
-    yield runtime
-    await stop_runtime(runtime, close_redis=False)
+    async with runtime_for(settings, role="cli", entry_points=[PLUGIN], redis=redis) as runtime:
+        yield runtime
 
 
 @pytest.fixture
@@ -297,8 +291,9 @@ async def test_admit_hook_limits_only_write_key_sources(runtime: Runtime, store:
     await store.admit(source, 500)
 
     foreign = Source(id="web", name="web", key_prefix=source.key_prefix)
-    assert await runtime.pm.hook.admit_events(source=foreign, count=50, path="/v1/batch") is None
-    refusal = await runtime.pm.hook.admit_events(source=source, count=50, path="/v1/batch")
+    hooks = runtime.hooks
+    assert await hooks.admit_events(foreign, 50, "/v1/batch", runtime) is None
+    refusal = await hooks.admit_events(source, 50, "/v1/batch", runtime)
     assert isinstance(refusal, Refusal) and refusal.status == 429
 
 
@@ -308,11 +303,10 @@ async def test_admit_hook_limits_only_write_key_sources(runtime: Runtime, store:
 @pytest.fixture
 async def collector_runtime(settings: Settings, redis_url: str) -> AsyncIterator[Runtime]:
     """A runtime with the collector role: the plugin follows the changes channel."""
-    runtime = await start_runtime(settings, "collector", pm=build_plugin_manager(allow=[PLUGIN]))
-    store = store_for(runtime)
-    await wait_until(lambda: store.subscribed)
-    yield runtime
-    await stop_runtime(runtime)
+    async with runtime_for(settings, role="collector", entry_points=[PLUGIN]) as runtime:
+        store = store_for(runtime)
+        await wait_until(lambda: store.subscribed)
+        yield runtime
 
 
 async def test_changes_reach_a_collectors_cache_at_once(

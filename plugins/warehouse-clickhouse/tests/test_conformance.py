@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from signalsmith.model import Event
+from signalsmith import Event
 from signalsmith.testing.warehouse import WarehouseConformance
 from signalsmith_warehouse_clickhouse import ClickHouseWarehouse
 from signalsmith_warehouse_clickhouse.naming import quote

@@ -10,7 +10,7 @@ from typing import Any
 
 import clickhouse_connect
 
-from signalsmith.model import Identify, Track
+from signalsmith import Identify, Track
 from signalsmith_warehouse_clickhouse import ClickHouseWarehouse
 from signalsmith_warehouse_clickhouse.naming import quote
 from signalsmith_warehouse_clickhouse.rows import MAX_DEPTH

@@ -20,14 +20,18 @@ import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
-from signalsmith.app import create_app
-from signalsmith.config import Settings
-from signalsmith.model import Track
-from signalsmith.plugins import build_plugin_manager, plugin_infos, registered_sinks
-from signalsmith.records import Source
-from signalsmith.testing import StaticKeys, identify, track
+from signalsmith import Settings, Source, Track
+from signalsmith.testing import (
+    StaticKeys,
+    collector_client,
+    identify,
+    plugin_infos,
+    plugin_manager,
+    registered_sinks,
+    track,
+)
 from signalsmith_warehouse_clickhouse import ClickHouseWarehouse
-from signalsmith_warehouse_clickhouse.plugin import current_warehouse
+from signalsmith_warehouse_clickhouse.plugin import held_warehouse
 
 PLUGIN = "warehouse-clickhouse"
 WRITE_KEY = "wk-warehouse-test"
@@ -37,7 +41,7 @@ DEADLINE_SECONDS = 30.0
 
 
 def test_plugin_is_registered_through_its_entry_point() -> None:
-    [info] = plugin_infos(build_plugin_manager(allow=[PLUGIN]))
+    [info] = plugin_infos(plugin_manager(entry_points=[PLUGIN]))
     assert info.name == PLUGIN
     assert info.hooks == [
         "embedded_defaults",
@@ -54,13 +58,13 @@ def test_the_sink_batches_by_size_and_time(monkeypatch: pytest.MonkeyPatch) -> N
     for name in list(os.environ):
         if name.startswith("SIGNALSMITH_WAREHOUSE_"):
             monkeypatch.delenv(name)
-    [sink] = registered_sinks(build_plugin_manager(allow=[PLUGIN]))
+    [sink] = registered_sinks(plugin_manager(entry_points=[PLUGIN]))
     assert (sink.name, sink.kind, sink.plugin) == ("clickhouse", "warehouse", PLUGIN)
     assert (sink.batch_size, sink.max_wait_seconds) == (10_000, 1.0)
 
     monkeypatch.setenv("SIGNALSMITH_WAREHOUSE_BATCH_SIZE", "500")
     monkeypatch.setenv("SIGNALSMITH_WAREHOUSE_MAX_WAIT_SECONDS", "0.2")
-    [sink] = registered_sinks(build_plugin_manager(allow=[PLUGIN]))
+    [sink] = registered_sinks(plugin_manager(entry_points=[PLUGIN]))
     assert (sink.batch_size, sink.max_wait_seconds) == (500, 0.2)
 
 
@@ -71,11 +75,14 @@ def warehouse_env(monkeypatch: pytest.MonkeyPatch, chdb_dir: Path, database: str
     monkeypatch.setenv("SIGNALSMITH_WAREHOUSE_MAX_WAIT_SECONDS", "0.05")
 
 
-def app_for(settings: Settings, *, embedded: bool, **more_keys: Source) -> Any:
+def client_for(settings: Settings, *, embedded: bool, **more_keys: Source) -> Any:
+    """A collector (with the worker in it when ``embedded``) knowing WRITE_KEY (and
+    ``more_keys``), with its client."""
     keys = {WRITE_KEY: Source(id="web", name="Website"), **more_keys}
-    pm = build_plugin_manager(allow=[PLUGIN], extra_plugins=[(StaticKeys(keys), "keys")])
-    return create_app(
-        msgspec.structs.replace(settings, admin_token=ADMIN_TOKEN, embedded_worker=embedded), pm
+    return collector_client(
+        msgspec.structs.replace(settings, admin_token=ADMIN_TOKEN, embedded_worker=embedded),
+        (StaticKeys(keys), "keys"),
+        entry_points=[PLUGIN],
     )
 
 
@@ -114,8 +121,8 @@ async def test_events_flow_from_the_collector_to_the_warehouse_in_one_process(
     the admin SQL endpoint; a redelivered messageId is one row."""
     first = track("Order Completed", properties={"revenue": 12.5, "items": [{"sku": "a"}]})
     batch = {"batch": [first, identify(traits={"email": "ada@example.com"})]}
-    async with AsyncTestClient(app_for(settings, embedded=True)) as client:
-        assert current_warehouse() is not None
+    async with client_for(settings, embedded=True) as client:
+        assert held_warehouse(client.app.state.runtime) is not None
         response = await client.post("/v1/batch", json=batch, headers=basic())
         assert response.status_code == 200, response.text
         # The client retries the same batch (a lost response): dedupe keeps one copy.
@@ -142,7 +149,7 @@ async def test_events_flow_from_the_collector_to_the_warehouse_in_one_process(
         assert "nope" in unknown.json()["message"]
         anonymous = await client.post("/api/v1/admin/sql", json={"sql": "SELECT 1"})
         assert anonymous.status_code == 401
-    assert current_warehouse() is None
+    assert held_warehouse(client.app.state.runtime) is None
 
 
 FLOOD_KEY = "wk-warehouse-flood"
@@ -155,9 +162,9 @@ async def test_another_sources_event_lands_while_a_flood_of_new_names_is_held_ba
     """2,500 new event names from one key: each would be a table of its own, at tens of
     milliseconds each. Another source's event lands long before they could all be made."""
     monkeypatch.setenv("SIGNALSMITH_WAREHOUSE_MAX_EVENT_TABLES_PER_SOURCE", "300")
-    app = app_for(settings, embedded=True, **{FLOOD_KEY: Source(id="free", name="A free key")})
+    flood_source = {FLOOD_KEY: Source(id="free", name="A free key")}
     flood_auth = {"Authorization": "Basic " + base64.b64encode(f"{FLOOD_KEY}:".encode()).decode()}
-    async with AsyncTestClient(app) as client:
+    async with client_for(settings, embedded=True, **flood_source) as client:
         for first in range(0, 2500, 500):
             flood = [
                 track(f"Flood {index}", properties={"index": index})
@@ -202,8 +209,8 @@ async def test_another_sources_event_lands_while_a_flood_of_new_names_is_held_ba
 
 @pytest.mark.usefixtures("warehouse_env")
 async def test_a_collector_never_opens_the_embedded_warehouse(settings: Settings) -> None:
-    async with AsyncTestClient(app_for(settings, embedded=False)) as client:
-        assert current_warehouse() is None
+    async with client_for(settings, embedded=False) as client:
+        assert held_warehouse(client.app.state.runtime) is None
         response = await client.post("/api/v1/admin/sql", json={"sql": "SELECT 1"}, headers=ADMIN)
     assert response.status_code == 409
     assert "does not hold the warehouse" in response.json()["message"]

@@ -16,10 +16,8 @@ import pytest
 from granian.constants import Interfaces
 from granian.server.embed import Server
 
-from signalsmith.app import create_app
-from signalsmith.config import Settings
-from signalsmith.embedded import free_port
-from signalsmith.plugins import build_plugin_manager
+from signalsmith import Settings
+from signalsmith.testing import collector_app, free_port
 from signalsmith_warehouse_clickhouse import (
     ClickHouseWarehouse,
     NotReadOnly,
@@ -149,9 +147,9 @@ async def served_warehouse(
     monkeypatch.setenv("SIGNALSMITH_WAREHOUSE_DSN", f"chdb://{chdb_dir}")
     monkeypatch.setenv("SIGNALSMITH_WAREHOUSE_DATABASE", database)
     monkeypatch.setenv("SIGNALSMITH_WAREHOUSE_QUERY_TIMEOUT_SECONDS", "600")
-    app = create_app(
+    app = collector_app(
         msgspec.structs.replace(settings, admin_token=ADMIN_TOKEN, embedded_worker=True),
-        build_plugin_manager(allow=["warehouse-clickhouse"]),
+        entry_points=["warehouse-clickhouse"],
     )
     port = free_port()
     server = Server(

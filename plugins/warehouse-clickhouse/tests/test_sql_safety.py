@@ -16,10 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 
-from signalsmith.app import create_app
-from signalsmith.cli import build_cli
-from signalsmith.config import Settings
-from signalsmith.plugins import build_plugin_manager
+from signalsmith import Settings
+from signalsmith.testing import build_cli, collector_app
 from signalsmith_warehouse_clickhouse import ClickHouseWarehouse, NotReadOnly, QueryError
 
 if TYPE_CHECKING:
@@ -92,7 +90,7 @@ def warehouse_env(monkeypatch: pytest.MonkeyPatch, chdb_dir: Path, database: str
 def admin_app(settings: Settings) -> Any:
     """The app of an embedded `signalsmith serve`: it holds the warehouse, answers admin SQL."""
     settings = msgspec.structs.replace(settings, admin_token=ADMIN_TOKEN, embedded_worker=True)
-    return create_app(settings, build_plugin_manager(allow=[PLUGIN]))
+    return collector_app(settings, entry_points=[PLUGIN])
 
 
 @pytest.mark.usefixtures("warehouse_env")

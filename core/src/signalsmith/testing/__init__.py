@@ -1,4 +1,5 @@
-"""Test harness for SignalSmith and its plugins: real Redis, fresh plugin managers, factories.
+"""Test harness for SignalSmith and its plugins: real Redis, fresh plugin managers, a collector
+app with its HTTP client, a running worker, event factories.
 
 Enable the fixtures with ``-p signalsmith.testing.pytest_plugin`` (the repository's pytest
 configuration does). Everything here talks to real components: a real Redis server
@@ -7,17 +8,42 @@ configuration does). Everything here talks to real components: a real Redis serv
 
 from __future__ import annotations
 
+from signalsmith.cli import build_cli
+from signalsmith.embedded import RedisServerProcess, free_port
+from signalsmith.plugins import plugin_infos
 from signalsmith.testing.factories import alias, group, identify, message_id, page, screen, track
+from signalsmith.testing.harness import (
+    RunningWorker,
+    collector_app,
+    collector_client,
+    plugin_manager,
+    registered_sinks,
+    running_worker,
+    runtime_for,
+)
 from signalsmith.testing.plugins import StaticKeys, capture_sink_plugin
+from signalsmith.testing.receiver import Receiver
 
 __all__ = [
+    "Receiver",
+    "RedisServerProcess",
+    "RunningWorker",
     "StaticKeys",
     "alias",
+    "build_cli",
     "capture_sink_plugin",
+    "collector_app",
+    "collector_client",
+    "free_port",
     "group",
     "identify",
     "message_id",
     "page",
+    "plugin_infos",
+    "plugin_manager",
+    "registered_sinks",
+    "running_worker",
+    "runtime_for",
     "screen",
     "track",
 ]

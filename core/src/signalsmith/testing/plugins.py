@@ -6,9 +6,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-from signalsmith import hookimpl
-from signalsmith.model import Event
-from signalsmith.records import Credentials, Sink, Source
+from signalsmith import Credentials, DeliveryReport, Event, Sink, Source, hookimpl
 
 
 class StaticKeys:
@@ -34,7 +32,9 @@ def capture_sink_plugin(
 ) -> SimpleNamespace:
     """A plugin object registering one destination sink that appends batches to ``.batches``.
 
-    ``deliver`` replaces the default behaviour (raise from it to make the sink fail).
+    ``deliver`` replaces the default behaviour: raise from it to make the sink fail, or return
+    a ``DeliveryReport`` to settle events one by one (the batch is recorded either way, unless
+    it raised).
     """
     batches: list[list[Event]] = []
 
@@ -44,11 +44,15 @@ def capture_sink_plugin(
             register(Sink(name=name, **sink_options))
 
         @hookimpl
-        async def deliver_events(self, destination: Sink, events: list[Event]) -> None:
+        async def deliver_events(
+            self, destination: Sink, events: list[Event]
+        ) -> DeliveryReport | None:
+            result = None
             if deliver is not None:
                 result = deliver(events)
                 if hasattr(result, "__await__"):
-                    await result
+                    result = await result
             batches.append(list(events))
+            return result
 
     return SimpleNamespace(plugin=CaptureSink(), batches=batches, name=name)

@@ -14,8 +14,9 @@ import msgspec
 import redis as sync_redis
 import redis.asyncio as aioredis
 
-from signalsmith.buffer import stream_key
-from signalsmith.model import Event, event_list_decoder
+from signalsmith import stream
+from signalsmith.model import Event
+from signalsmith.stream import stream_key
 
 _PAGE = 500
 
@@ -35,31 +36,17 @@ class BufferedEntry(msgspec.Struct, frozen=True, kw_only=True):
         return [e for i, e in enumerate(self.events) if i not in self.duplicates]
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def decode_entry(entry_id: Any, fields: dict[Any, Any]) -> BufferedEntry:
-    """Decode one ``XRANGE`` entry of the events stream."""
-    named = {_text(key): value for key, value in fields.items()}
-    payload = named["d"]
-    if not isinstance(payload, bytes):
-        raise TypeError(
-            "the stream's d field came back as text: read it with a Redis client created "
-            "without decode_responses=True"
-        )
-    dup = _text(named.get("dup", b""))
-    events = event_list_decoder.decode(payload)
-    if "n" in named and int(named["n"]) != len(events):
-        raise ValueError(
-            f"entry {_text(entry_id)} says n={_text(named['n'])} but holds {len(events)}"
-        )
+    """Decode one ``XRANGE`` entry of the events stream (with ``signalsmith.stream``'s decoder)."""
+    entry = stream.decode_entry(entry_id, fields, skip_duplicates=False)
+    if entry.problem is not None:
+        raise ValueError(f"entry {entry.id}: {entry.problem}")
     return BufferedEntry(
-        id=_text(entry_id),
-        source_id=_text(named.get("src", b"")),
-        payload=payload,
-        events=events,
-        duplicates=frozenset(int(index) for index in dup.split(",") if index),
+        id=entry.id,
+        source_id=entry.source_id,
+        payload=(entry.fields or {})["d"],
+        events=entry.events,
+        duplicates=entry.duplicates,
     )
 
 

@@ -8,7 +8,7 @@ guard. Requests and answers are msgspec Structs, which is what Litestar's OpenAP
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Annotated, Literal
 
 import msgspec
@@ -21,9 +21,11 @@ from litestar.exceptions import (
 )
 from litestar.params import Body, Parameter
 
+from signalsmith import RuntimeDependency
 from signalsmith_auth_writekey.keys import (
     DEFAULT_GRACE_SECONDS,
     DISPLAY_PREFIX_LENGTH,
+    STATE_KEY,
     InvalidSourceName,
     KeyConflict,
     KeyInfo,
@@ -132,8 +134,13 @@ KeyPrefix = Annotated[
 ERRORS = [ClientException, NotAuthorizedException, NotFoundException]
 
 
-def admin_controller(store: Callable[[], KeyStore]) -> type[Controller]:
-    """The ``/keys`` controller, finding the process's KeyStore through ``store()``."""
+def _store(runtime: RuntimeDependency) -> KeyStore:
+    """The KeyStore this plugin's ``startup`` attached to the process's runtime."""
+    return runtime.attached(STATE_KEY, KeyStore)
+
+
+def admin_controller() -> type[Controller]:
+    """The ``/keys`` controller; each handler finds the process's KeyStore on its runtime."""
 
     class WriteKeys(Controller):
         path = "/keys"
@@ -142,50 +149,56 @@ def admin_controller(store: Callable[[], KeyStore]) -> type[Controller]:
         @get("/", raises=ERRORS)
         async def list_keys(
             self,
+            runtime: RuntimeDependency,
             source: Annotated[str | None, Parameter(description="Only this source's keys.")] = None,
         ) -> list[KeyInfo]:
             """Every write key (or one source's): prefix, source, plan, limits, state, times."""
-            return await store().infos(source)
+            return await _store(runtime).infos(source)
 
         @post("/", status_code=201, raises=ERRORS)
-        async def create_key(self, data: Annotated[CreateKey, Body()]) -> CreatedKey:
+        async def create_key(
+            self, runtime: RuntimeDependency, data: Annotated[CreateKey, Body()]
+        ) -> CreatedKey:
             """Create a write key. The answer holds the key itself, this once only."""
             with _as_http_errors():
-                plaintext, record = await store().create(
+                plaintext, record = await _store(runtime).create(
                     data.source, plan=data.plan, rate=data.rate, burst=data.burst
                 )
             return CreatedKey(key=plaintext, info=KeyInfo.of(record))
 
         @get("/{prefix:str}", raises=ERRORS)
-        async def show_key(self, prefix: KeyPrefix) -> KeyInfo:
+        async def show_key(self, runtime: RuntimeDependency, prefix: KeyPrefix) -> KeyInfo:
             """One write key, by its prefix."""
             with _as_http_errors():
-                return await store().info(_prefix(prefix))
+                return await _store(runtime).info(_prefix(prefix))
 
         @post("/{prefix:str}/revoke", status_code=200, raises=[*ERRORS, KeyConflictException])
-        async def revoke_key(self, prefix: KeyPrefix) -> KeyInfo:
+        async def revoke_key(self, runtime: RuntimeDependency, prefix: KeyPrefix) -> KeyInfo:
             """Revoke a key: every collector refuses it within a second. Idempotent."""
             with _as_http_errors():
-                return KeyInfo.of(await store().revoke(_prefix(prefix)))
+                return KeyInfo.of(await _store(runtime).revoke(_prefix(prefix)))
 
         @post("/{prefix:str}/rotate", status_code=201, raises=[*ERRORS, KeyConflictException])
         async def rotate_key(
-            self, prefix: KeyPrefix, data: Annotated[RotateKey | None, Body()] = None
+            self,
+            runtime: RuntimeDependency,
+            prefix: KeyPrefix,
+            data: Annotated[RotateKey | None, Body()] = None,
         ) -> RotatedKey:
             """Make a new key for the same source and plan; the old one works for the grace."""
             grace = (data or RotateKey()).grace_seconds
             with _as_http_errors():
-                plaintext, new, old = await store().rotate(_prefix(prefix), grace)
+                plaintext, new, old = await _store(runtime).rotate(_prefix(prefix), grace)
             return RotatedKey(key=plaintext, info=KeyInfo.of(new), previous=KeyInfo.of(old))
 
         @put("/{prefix:str}/plan", raises=[*ERRORS, KeyConflictException])
         async def set_key_plan(
-            self, prefix: KeyPrefix, data: Annotated[SetPlan, Body()]
+            self, runtime: RuntimeDependency, prefix: KeyPrefix, data: Annotated[SetPlan, Body()]
         ) -> KeyInfo:
             """Move a key to another plan; its new limits apply to its next request."""
             with _as_http_errors():
                 return KeyInfo.of(
-                    await store().set_plan(
+                    await _store(runtime).set_plan(
                         _prefix(prefix), data.plan, rate=data.rate, burst=data.burst
                     )
                 )

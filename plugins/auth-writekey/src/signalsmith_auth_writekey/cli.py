@@ -27,7 +27,7 @@ from signalsmith_auth_writekey.keys import (
 from signalsmith_auth_writekey.plans import DEFAULT_PLAN, PLANS, InvalidPlan, limits_for
 
 if TYPE_CHECKING:
-    from signalsmith.runtime import Runtime
+    from signalsmith import Runtime
 
 T = TypeVar("T")
 
@@ -99,7 +99,7 @@ def _json(value: Any) -> str:
 
 def register_key_commands(cli: click.Group) -> None:
     """Add the ``keys`` group to the ``signalsmith`` CLI."""
-    from signalsmith.cli import print_table, run_with_runtime, settings_of
+    from signalsmith import print_table, run_with_runtime, settings_of
 
     def run(ctx: click.Context, action: Callable[[KeyStore], Awaitable[T]]) -> T:
         async def with_store(runtime: Runtime) -> T:

@@ -31,14 +31,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from signalsmith.records import Source
+from signalsmith import Source
 from signalsmith_auth_writekey.limits import Decision, RateLimiter
 from signalsmith_auth_writekey.plans import DEFAULT_PLAN, FREE, PLANS, Limits, limits_for
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-    from signalsmith.runtime import Runtime
+    from signalsmith import Runtime
 
 log = logging.getLogger("signalsmith.auth_writekey")
 

@@ -25,7 +25,7 @@ import msgspec
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
-from signalsmith.records import Refusal
+from signalsmith import Refusal
 from signalsmith_auth_writekey.plans import FREE
 
 if TYPE_CHECKING:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from signalsmith import hookimpl
-from signalsmith.records import Credentials, Refusal, Secret, Source
+from signalsmith import BannerSecret, Credentials, Refusal, Source, hookimpl
 from signalsmith_auth_writekey.invalidation import InvalidationListener
 from signalsmith_auth_writekey.keys import (
     STATE_KEY,
@@ -23,28 +22,17 @@ LISTENER_KEY = "auth-writekey.invalidations"
 if TYPE_CHECKING:
     import click
 
-    from signalsmith.runtime import Runtime
-
-# ``authenticate`` receives only the credentials, so the store ``startup`` made has to be found
-# here. A list, not one slot: a process (or a test) may run more than one runtime, and the one
-# that shuts down must not take the others' store with it. The newest started store answers.
-_stores: list[KeyStore] = []
+    from signalsmith import Runtime
 
 
-def current_store() -> KeyStore:
-    if not _stores:
-        raise RuntimeError(
-            "auth-writekey has no key store: its startup hook has not run in this process; "
-            "start the runtime with signalsmith.runtime.start_runtime before serving requests"
-        )
-    return _stores[-1]
+def _store(runtime: Runtime) -> KeyStore:
+    return runtime.attached(STATE_KEY, KeyStore)
 
 
 @hookimpl
 def startup(runtime: Runtime) -> None:
     store = KeyStore.for_runtime(runtime)
     runtime.state[STATE_KEY] = store
-    _stores.append(store)
     if runtime.role in ("collector", "embedded"):
         # Only processes that answer requests cache keys; a CLI command reads Redis each time.
         listener = InvalidationListener(store)
@@ -57,26 +45,24 @@ async def shutdown(runtime: Runtime) -> None:
     listener = runtime.state.pop(LISTENER_KEY, None)
     if isinstance(listener, InvalidationListener):
         await listener.stop()
-    store = runtime.state.pop(STATE_KEY, None)
-    if store in _stores:
-        _stores.remove(store)
+    runtime.state.pop(STATE_KEY, None)
 
 
 @hookimpl
-async def authenticate(credentials: Credentials) -> Source | None:
-    return await current_store().authenticate(credentials.write_keys)
+async def authenticate(credentials: Credentials, runtime: Runtime) -> Source | None:
+    return await _store(runtime).authenticate(credentials.write_keys)
 
 
 @hookimpl
-async def admit_events(source: Source, count: int) -> Refusal | None:
+async def admit_events(source: Source, count: int, runtime: Runtime) -> Refusal | None:
     if not isinstance(source, WriteKeySource):
         return None  # another authenticator's source: not ours to limit
-    decision = await current_store().admit(source, count)
+    decision = await _store(runtime).admit(source, count)
     return refusal_for(decision, source)
 
 
 @hookimpl
-async def embedded_defaults(runtime: Runtime) -> dict[str, Secret]:
+async def embedded_defaults(runtime: Runtime) -> dict[str, BannerSecret]:
     """A development write key for ``signalsmith serve``, kept in the data directory."""
     path = runtime.settings.data_path / DEV_KEY_FILE
     try:
@@ -85,7 +71,7 @@ async def embedded_defaults(runtime: Runtime) -> dict[str, Secret]:
         kept = ""
     key = await ensure_dev_key(runtime, path)
     return {
-        "write_key": Secret(
+        "write_key": BannerSecret(
             value=key, new=key != kept, path=str(path.absolute()), command=("keys", "list")
         )
     }
@@ -95,7 +81,7 @@ async def embedded_defaults(runtime: Runtime) -> dict[str, Secret]:
 def register_admin_routes(register: Callable[[Any], None]) -> None:
     from signalsmith_auth_writekey.admin_api import admin_controller
 
-    register(admin_controller(current_store))
+    register(admin_controller())
 
 
 @hookimpl

@@ -19,6 +19,7 @@ from litestar.exceptions import ClientException, HTTPException
 from litestar.params import Body
 from litestar.types import Receive
 
+from signalsmith import Runtime, RuntimeDependency
 from signalsmith_warehouse_clickhouse.readonly import NotReadOnly
 from signalsmith_warehouse_clickhouse.warehouse import (
     QUERY_ROW_LIMIT,
@@ -36,15 +37,17 @@ class SqlRequest(msgspec.Struct, frozen=True, kw_only=True):
     limit: int = 1000
 
 
-def sql_route(current: Callable[[], ClickHouseWarehouse | None]) -> Any:
-    """The route handler; ``current()`` is the warehouse this process holds, or None."""
+def sql_route(held: Callable[[Runtime], ClickHouseWarehouse | None]) -> Any:
+    """The route handler; ``held(runtime)`` is the warehouse this process holds, or None."""
 
     @post("/sql", status_code=200)
     async def run_sql(
-        request: Request[Any, Any, Any], data: Annotated[SqlRequest, Body()]
+        runtime: RuntimeDependency,
+        request: Request[Any, Any, Any],
+        data: Annotated[SqlRequest, Body()],
     ) -> QueryResult:
         """Run one read-only SQL statement against the warehouse this server holds."""
-        holder = current()
+        holder = held(runtime)
         if holder is None:
             raise HTTPException(
                 status_code=409,

@@ -16,9 +16,7 @@ import click
 import httpx
 import msgspec
 
-from signalsmith.admin import AdminClient
-from signalsmith.cli import print_table, settings_of
-from signalsmith.config import Settings
+from signalsmith import AdminClient, Settings, print_table, settings_of
 from signalsmith_warehouse_clickhouse.config import WarehouseConfig, WarehouseConfigError
 from signalsmith_warehouse_clickhouse.readonly import NotReadOnly
 from signalsmith_warehouse_clickhouse.warehouse import (

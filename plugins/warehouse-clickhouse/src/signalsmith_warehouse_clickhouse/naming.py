@@ -18,7 +18,9 @@ FIXED_TABLES = frozenset(
 )
 DISCARDS_TABLE = "discards"
 EVENT_TABLES_TABLE = "_event_tables"
-RESERVED_TABLES = FIXED_TABLES | {DISCARDS_TABLE, EVENT_TABLES_TABLE}
+# Events a contract found fault with (blocked ones too), from the core's violations stream.
+VIOLATIONS_TABLE = "violations"
+RESERVED_TABLES = FIXED_TABLES | {DISCARDS_TABLE, EVENT_TABLES_TABLE, VIOLATIONS_TABLE}
 
 # Long enough for any readable event name; what is cut off is replaced by a hash, so two long
 # names that share a prefix still get two tables.

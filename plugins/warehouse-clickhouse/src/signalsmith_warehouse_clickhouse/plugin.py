@@ -10,10 +10,9 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from signalsmith import hookimpl
-from signalsmith.model import Event
-from signalsmith.records import BannerValue, CliCommand, Sink, SinkError
+from signalsmith import BannerValue, CliCommand, Event, Sink, SinkError, hookimpl
 from signalsmith_warehouse_clickhouse.config import WarehouseConfig
+from signalsmith_warehouse_clickhouse.violations import ViolationsLoader
 
 # clickhouse-connect itself is imported only when a warehouse is opened.
 from signalsmith_warehouse_clickhouse.warehouse import ClickHouseWarehouse, WarehouseUnavailable
@@ -21,21 +20,18 @@ from signalsmith_warehouse_clickhouse.warehouse import ClickHouseWarehouse, Ware
 if TYPE_CHECKING:
     import click
 
-    from signalsmith.runtime import Runtime
+    from signalsmith import Runtime
 
 STATE_KEY = "warehouse-clickhouse"
+LOADER_KEY = "warehouse-clickhouse.violations"
 
 log = logging.getLogger("signalsmith.warehouse_clickhouse")
 
-# ``write_events`` and the admin route receive no runtime, so the warehouse ``startup`` opened
-# is found here. A list, as in auth-writekey: a process (or a test) may run several runtimes,
-# and the one that shuts down must not take the others' warehouse with it.
-_warehouses: list[ClickHouseWarehouse] = []
 
-
-def current_warehouse() -> ClickHouseWarehouse | None:
-    """The warehouse this process holds (the newest started), if it holds one."""
-    return _warehouses[-1] if _warehouses else None
+def held_warehouse(runtime: Runtime) -> ClickHouseWarehouse | None:
+    """The warehouse this process holds (``startup`` opened it), if it holds one."""
+    warehouse = runtime.state.get(STATE_KEY)
+    return warehouse if isinstance(warehouse, ClickHouseWarehouse) else None
 
 
 @hookimpl
@@ -69,7 +65,12 @@ async def startup(runtime: Runtime) -> None:
         # connected on first use instead: it may come up after this process.
         await warehouse.open()
     runtime.state[STATE_KEY] = warehouse
-    _warehouses.append(warehouse)
+    if runtime.delivers:
+        # Events a contract blocked exist only in the violations stream: load them (and every
+        # violation) into the `violations` table where the warehouse is written.
+        loader = ViolationsLoader(runtime, warehouse, config.sink_name)
+        loader.start()
+        runtime.state[LOADER_KEY] = loader
 
 
 @hookimpl
@@ -84,17 +85,18 @@ def embedded_defaults(runtime: Runtime) -> dict[str, BannerValue]:
 
 @hookimpl
 async def shutdown(runtime: Runtime) -> None:
+    loader = runtime.state.pop(LOADER_KEY, None)
+    if isinstance(loader, ViolationsLoader):
+        await loader.stop()
     warehouse = runtime.state.pop(STATE_KEY, None)
     if warehouse is None:
         return
-    if warehouse in _warehouses:
-        _warehouses.remove(warehouse)
     await warehouse.close()
 
 
 @hookimpl
-async def write_events(warehouse: Sink, events: list[Event]) -> None:
-    holder = current_warehouse()
+async def write_events(warehouse: Sink, events: list[Event], runtime: Runtime) -> None:
+    holder = held_warehouse(runtime)
     if holder is None:
         raise SinkError(
             f"{warehouse.name}: the warehouse is not open in this process; its startup hook "
@@ -123,7 +125,7 @@ def register_admin_routes(register: Callable[[Any], None]) -> None:
     # Imported here: only the HTTP app needs Litestar's handler machinery.
     from signalsmith_warehouse_clickhouse.admin_routes import sql_route
 
-    register(sql_route(current_warehouse))
+    register(sql_route(held_warehouse))
 
 
 @hookimpl

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeAlias
 
-from signalsmith.model import Alias, Event, Group, Identify, Page, Screen, Track
+from signalsmith import Alias, Event, Group, Identify, Page, Screen, Track
 from signalsmith_warehouse_clickhouse.naming import column_name
 from signalsmith_warehouse_clickhouse.values import infer, sent_as, text_of
 
@@ -134,48 +134,56 @@ class _KeyNode:
         self.children: dict[Any, _KeyNode] = {}
 
 
-# One trie per column prefix ("" for properties and traits, "context_"). Reset when it grows
-# past this many keys, so events that use ids as keys cannot grow it without bound.
+# A flattener forgets its key paths when it knows more than this many, so events that use ids
+# as keys cannot grow it without bound.
 MAX_CACHED_KEYS = 100_000
-_tries: dict[str, _KeyNode] = {}
-_cached_keys = 0
 
 
-def flatten(obj: dict[str, Any], prefix: str = "") -> list[Leaf]:
-    """``(column, value, key path)`` for every non-null leaf of ``obj``, in the client's key
-    order.
+class Flattener:
+    """Flattens objects into columns, remembering each key path's column name: one per
+    warehouse (kept on the object, not in the module, so two warehouses share nothing)."""
 
-    Objects are descended into (their keys joined with ``_``); past ``MAX_DEPTH`` levels the
-    rest is kept as JSON text in one column.
-    """
-    global _cached_keys
-    if _cached_keys > MAX_CACHED_KEYS:
-        _tries.clear()
-        _cached_keys = 0
-    root = _tries.get(prefix)
-    if root is None:
-        root = _tries[prefix] = _KeyNode(())
-    found: list[Leaf] = []
-    _flatten_into(obj, root, prefix, found)
-    return found
+    __slots__ = ("_cached_keys", "_tries")
 
+    def __init__(self) -> None:
+        # One trie per column prefix ("" for properties and traits, "context_").
+        self._tries: dict[str, _KeyNode] = {}
+        self._cached_keys = 0
 
-def _flatten_into(obj: dict[str, Any], node: _KeyNode, prefix: str, found: list[Leaf]) -> None:
-    global _cached_keys
-    children = node.children
-    for key, raw in obj.items():
-        child = children.get(key)
-        if child is None:
-            child = children[key] = _KeyNode((*node.path, str(key)))
-            _cached_keys += 1
-        if type(raw) is dict and len(child.path) < MAX_DEPTH:
-            _flatten_into(raw, child, prefix, found)
-            continue
-        if raw is not None:
-            column = child.column
-            if column is None:
-                column = child.column = column_name(child.path, prefix)
-            found.append((column, raw, child.path))
+    def flatten(self, obj: dict[str, Any], prefix: str = "") -> list[Leaf]:
+        """``(column, value, key path)`` for every non-null leaf of ``obj``, in the client's
+        key order.
+
+        Objects are descended into (their keys joined with ``_``); past ``MAX_DEPTH`` levels
+        the rest is kept as JSON text in one column.
+        """
+        if self._cached_keys > MAX_CACHED_KEYS:
+            self._tries.clear()
+            self._cached_keys = 0
+        root = self._tries.get(prefix)
+        if root is None:
+            root = self._tries[prefix] = _KeyNode(())
+        found: list[Leaf] = []
+        self._flatten_into(obj, root, prefix, found)
+        return found
+
+    def _flatten_into(
+        self, obj: dict[str, Any], node: _KeyNode, prefix: str, found: list[Leaf]
+    ) -> None:
+        children = node.children
+        for key, raw in obj.items():
+            child = children.get(key)
+            if child is None:
+                child = children[key] = _KeyNode((*node.path, str(key)))
+                self._cached_keys += 1
+            if type(raw) is dict and len(child.path) < MAX_DEPTH:
+                self._flatten_into(raw, child, prefix, found)
+                continue
+            if raw is not None:
+                column = child.column
+                if column is None:
+                    column = child.column = column_name(child.path, prefix)
+                found.append((column, raw, child.path))
 
 
 def put(row: Row, root: str, values: list[Leaf], discards: list[Discard]) -> None:
@@ -212,7 +220,10 @@ def put(row: Row, root: str, values: list[Leaf], discards: list[Discard]) -> Non
 
 
 def event_rows(
-    event: Event, loaded_at: datetime, event_table: Callable[[str], str | None]
+    event: Event,
+    loaded_at: datetime,
+    event_table: Callable[[str], str | None],
+    flattener: Flattener,
 ) -> tuple[list[Row], list[Discard]]:
     """The rows one event becomes, and the values set aside while flattening it.
 
@@ -226,7 +237,7 @@ def event_rows(
     clashing: list[Leaf] = []
     leaves: list[Leaf] = []
     if event.context:
-        leaves = flatten(event.context, "context_")
+        leaves = flattener.flatten(event.context, "context_")
         for leaf in leaves:
             if leaf[0] in context:
                 clashing.append(leaf)
@@ -263,10 +274,10 @@ def event_rows(
         fixed = {**common, "event": table or "", "event_text": event.event}
         if table is None:
             return [row("tracks", fixed)], discards
-        properties = flatten(event.properties)
+        properties = flattener.flatten(event.properties)
         return [row("tracks", fixed), row(table, dict(fixed), "properties", properties)], discards
     if isinstance(event, Identify):
-        traits = flatten(event.traits)
+        traits = flattener.flatten(event.traits)
         rows = [row("identifies", common, "traits", traits)]
         if event.user_id:
             rows.append(_profile("users", event.user_id, event, loaded_at, traits, discards))
@@ -279,9 +290,9 @@ def event_rows(
         if category is None:
             category = _text_or_none(event.properties, "category")
         fixed = {**common, "name": name, "category": category}
-        return [row(table, fixed, "properties", flatten(event.properties))], discards
+        return [row(table, fixed, "properties", flattener.flatten(event.properties))], discards
     if isinstance(event, Group):
-        traits = flatten(event.traits)
+        traits = flattener.flatten(event.traits)
         rows = [row("groups", {**common, "group_id": event.group_id}, "traits", traits)]
         rows.append(_profile("accounts", event.group_id, event, loaded_at, traits, discards))
         return rows, discards

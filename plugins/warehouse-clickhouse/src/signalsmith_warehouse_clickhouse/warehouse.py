@@ -36,11 +36,12 @@ from uuid import UUID
 
 import msgspec
 
-from signalsmith.model import Event, Track
+from signalsmith import Event, Track, ViolationRecord
 from signalsmith_warehouse_clickhouse.config import Target, WarehouseConfig
 from signalsmith_warehouse_clickhouse.naming import (
     DISCARDS_TABLE,
     EVENT_TABLES_TABLE,
+    VIOLATIONS_TABLE,
     event_table_candidates,
     quote,
 )
@@ -50,6 +51,7 @@ from signalsmith_warehouse_clickhouse.rows import (
     PROFILE_TABLES,
     TIMESTAMP,
     Discard,
+    Flattener,
     Row,
     event_rows,
     fixed_columns,
@@ -96,6 +98,27 @@ DISCARD_COLUMNS: dict[str, str] = {
 # only a redelivery of the same value may merge with it. The release before ordered by the first
 # four alone; `_open_writer` extends such a table in place.
 DISCARDS_ORDER_BY = ("table_name", "column_name", "row_id", "received_at", "message_id", "key_path")
+# One row per violation of an event a contract found fault with (`plugins/contracts`); a blocked
+# event is kept whole in `event`, its only copy.
+VIOLATION_COLUMNS: dict[str, str] = {
+    "id": "String",
+    "source_id": "String",
+    "event_type": "String",
+    "event_name": "String",
+    "message_id": "String",
+    "handling": "String",
+    "plan": "String",
+    "event_version": "Nullable(Int64)",
+    "violation_type": "String",
+    "rule": "String",
+    "path": "String",
+    "expected": "String",
+    "actual": "String",
+    "description": "String",
+    "event": "String",
+    "received_at": TIMESTAMP,
+    "loaded_at": LOADED_AT,
+}
 # How many recent inserts per table ClickHouse remembers by their deduplication token, so that
 # a batch written again (a retry after a partial failure) is skipped before it makes a row.
 DEDUPLICATION_WINDOW = 1000
@@ -271,6 +294,8 @@ class ClickHouseWarehouse:
         self._table_kinds: dict[str, tuple[dict[str, str], ColumnKinds]] = {}
         # Event name -> its table, as recorded in `_event_tables`.
         self._event_tables: dict[str, str] = {}
+        # Column names of the key paths events bring, worked out once.
+        self._flattener = Flattener()
         # (source, reason) -> when calls left without a table were last logged.
         self._untabled_warned_at: dict[tuple[str, str], float] = {}
 
@@ -289,6 +314,10 @@ class ClickHouseWarehouse:
     async def write(self, events: list[Event]) -> WriteReport:
         """Write one batch (see the module docstring); raises if nothing of it may be relied on."""
         return await self._on(self._write_thread, partial(self.write_sync, events))
+
+    async def write_violations(self, records: list[ViolationRecord]) -> int:
+        """Write the rows of ``records`` into ``violations``; returns how many."""
+        return await self._on(self._write_thread, partial(self.write_violations_sync, records))
 
     async def query(self, sql: str, *, limit: int | None = None) -> QueryResult:
         """Run one read-only statement, duplicates merged away (``FINAL`` on every table).
@@ -623,13 +652,47 @@ class ClickHouseWarehouse:
             self._table_kinds.clear()
             raise
 
+    def write_violations_sync(self, records: list[ViolationRecord]) -> int:
+        client = self._open_writer()
+        if VIOLATIONS_TABLE not in self._tables:
+            self._create_table(client, VIOLATIONS_TABLE, VIOLATION_COLUMNS, {})
+            self._tables[VIOLATIONS_TABLE] = dict(VIOLATION_COLUMNS)
+        loaded_at = datetime.now(UTC)
+        data = [
+            [
+                f"{record.message_id}:{record.source_id}:{index}",
+                record.source_id,
+                record.event_type,
+                record.event_name,
+                record.message_id,
+                record.handling,
+                record.plan,
+                record.event_version,
+                violation.type,
+                violation.rule,
+                violation.field,
+                violation.expected,
+                violation.actual,
+                violation.description,
+                record.event.decode("utf-8", "replace"),
+                record.received_at,
+                loaded_at,
+            ]
+            for record in records
+            for index, violation in enumerate(record.violations)
+        ]
+        if data:
+            token = _token(VIOLATIONS_TABLE, (row[0] for row in data))
+            self._insert_rows(client, VIOLATIONS_TABLE, list(VIOLATION_COLUMNS), data, token)
+        return len(data)
+
     def _write(self, client: Client, events: list[Event]) -> WriteReport:
         loaded_at = datetime.now(UTC)
         tables, untabled = self._resolve_event_tables(client, events)
         by_table: dict[str, list[Row]] = {}
         discards: list[Discard] = []
         for event in events:
-            rows, set_aside = event_rows(event, loaded_at, tables.get)
+            rows, set_aside = event_rows(event, loaded_at, tables.get, self._flattener)
             discards += set_aside
             if untabled and isinstance(event, Track) and event.event not in tables:
                 discards.append(untabled_properties(event, untabled[event.project_id]))
