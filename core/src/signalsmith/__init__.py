@@ -19,6 +19,7 @@ from signalsmith.event_paths import (
     EventPath,
     PathError,
     PathPattern,
+    edit_events,
     kind_of,
     path_text,
 )
@@ -159,6 +160,7 @@ __all__ = [
     "WorkspaceTransform",
     "__version__",
     "cli_runtime",
+    "edit_events",
     "hookimpl",
     "kind_of",
     "parse_condition",

@@ -11,14 +11,15 @@ already reported to observers may hold) never changes, and an untouched event co
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fnmatch import translate
 from typing import Any
 
 import msgspec
 
 from signalsmith.fql import split_path
-from signalsmith.model import EventBase
+from signalsmith.model import Event, EventBase
+from signalsmith.records import Outcome, Source, StageResult, StageStatus
 
 # Segment's top-level names whose value is an object (edited inside), text (set whole), or a
 # field only the pipeline sets (read, never written).
@@ -389,3 +390,61 @@ __all__ = [
     "kind_of",
     "path_text",
 ]
+
+
+def edit_events(
+    events: list[Event],
+    source: Source,
+    name: str,
+    edit_one: Callable[[EventEdit, list[str]], None],
+    *,
+    applies: Callable[[EventBase], bool] | None = None,
+    describe: Callable[[list[str]], str] = ", ".join,
+) -> StageResult | None:
+    """A transform that edits events one by one, as a batch: ``edit_one(edit, problems)``
+    changes an event through its ``EventEdit`` (recording each change in ``edit.changes``) and
+    notes in ``problems`` what it could not do (a path missing, of the wrong type).
+
+    Returns None when nothing changed and nothing is to be said; else the batch (copied from the
+    first changed event on: events before it are the caller's own) and, per event, a
+    ``transformed`` outcome (``describe(edit.changes)``) and a ``skipped`` one for its problems,
+    each naming the transform instance ``name``.
+    """
+    out: list[Event] | None = None
+    outcomes: list[Outcome] = []
+    for position, event in enumerate(events):
+        if applies is not None and not applies(event):
+            if out is not None:
+                out.append(event)
+            continue
+        edit = EventEdit(event)
+        problems: list[str] = []
+        edit_one(edit, problems)
+        if edit.changed:
+            if out is None:
+                out = events[:position]
+            out.append(edit.event)  # type: ignore[arg-type]
+            outcomes.append(
+                _outcome(edit.event, source, "transformed", name, describe(edit.changes))
+            )
+        elif out is not None:
+            out.append(event)
+        if problems:
+            outcomes.append(_outcome(edit.event, source, "skipped", name, "; ".join(problems)))
+    if out is None and not outcomes:
+        return None
+    return StageResult(events=out if out is not None else events, outcomes=outcomes)
+
+
+def _outcome(
+    event: EventBase, source: Source, status: StageStatus, name: str, detail: str
+) -> Outcome:
+    return Outcome(
+        stage="transform",
+        status=status,
+        message_id=event.message_id,
+        source_id=source.id,
+        reason=name,
+        detail=detail,
+        event=event,  # type: ignore[arg-type]
+    )

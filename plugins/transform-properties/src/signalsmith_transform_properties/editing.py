@@ -25,13 +25,13 @@ from signalsmith import (
     Event,
     EventEdit,
     EventPath,
-    Outcome,
     PathError,
     PathPattern,
     Secret,
     SettingsError,
     Source,
     StageResult,
+    edit_events,
     kind_of,
     path_text,
 )
@@ -214,47 +214,6 @@ def build_properties(settings: PropertiesSettings, name: str = "properties") -> 
                     edit.changes.append(f"capped {path_text(root, inner)} at {limit} characters")
 
     def apply(source: Source, events: list[Event]) -> StageResult | None:
-        out: list[Event] | None = None
-        outcomes: list[Outcome] = []
-        for position, event in enumerate(events):
-            if not applies(event):
-                if out is not None:
-                    out.append(event)
-                continue
-            edit = EventEdit(event)
-            problems: list[str] = []
-            edit_one(edit, problems)
-            if edit.changed:
-                if out is None:
-                    out = events[:position]
-                out.append(edit.event)
-                outcomes.append(
-                    Outcome(
-                        stage="transform",
-                        status="transformed",
-                        message_id=event.message_id,
-                        source_id=source.id,
-                        reason=name,
-                        detail=", ".join(edit.changes),
-                        event=edit.event,
-                    )
-                )
-            elif out is not None:
-                out.append(event)
-            if problems:
-                outcomes.append(
-                    Outcome(
-                        stage="transform",
-                        status="skipped",
-                        message_id=event.message_id,
-                        source_id=source.id,
-                        reason=name,
-                        detail="; ".join(problems),
-                        event=edit.event,
-                    )
-                )
-        if out is None and not outcomes:
-            return None
-        return StageResult(events=out if out is not None else events, outcomes=outcomes)
+        return edit_events(events, source, name, edit_one, applies=applies)
 
     return apply

@@ -24,11 +24,11 @@ from signalsmith import (
     Event,
     EventEdit,
     EventPath,
-    Outcome,
     PathError,
     SettingsError,
     Source,
     StageResult,
+    edit_events,
     kind_of,
     path_text,
 )
@@ -225,81 +225,53 @@ def build_rename(settings: RenameSettings, name: str = "rename") -> Any:
                 current = new
             break  # the first rule that matches a name renames it
 
+    def rename_one(edit: EventEdit, problems: list[str]) -> None:
+        if event_rules:
+            rename_event(edit)
+        for source_path, target_path, scope in field_rules:
+            if not source_path.applies_to(edit.event) or not scope.holds(edit.event):
+                continue
+            value = source_path.read(edit.event)
+            if value is MISSING:
+                problems.append(
+                    f"{source_path.text} not renamed: {source_path.why_missing(edit.event)}"
+                )
+                continue
+            problem = edit.set(target_path, value)
+            if problem is not None:
+                problems.append(f"{source_path.text} not renamed: {problem}")
+                continue
+            edit.pop(source_path)
+            edit.changes.append(f"{source_path.text} -> {target_path.text}")
+        for object_path, renamer, scope in key_rules:
+            if not object_path.applies_to(edit.event) or not scope.holds(edit.event):
+                continue
+            container = object_path.read(edit.event)
+            if container is MISSING:
+                continue  # no object, no keys to rename
+            if not isinstance(container, dict):
+                problems.append(
+                    f"keys of {object_path.text} not renamed: it is {kind_of(container)}, not an object"
+                )
+                continue
+            keys = object_path.rest
+            for key in list(container):
+                new_key = renamer(key) if isinstance(key, str) else None
+                if new_key is None or new_key == key:
+                    continue
+                value = edit.pop_at(object_path.attribute, (*keys, key))
+                edit.set_at(object_path.attribute, (*keys, new_key), value)
+                edit.changes.append(
+                    f"{path_text(object_path.root, (*keys, key))} -> {path_text(object_path.root, (*keys, new_key))}"
+                )
+
     def apply(source: Source, events: list[Event]) -> StageResult | None:
-        out: list[Event] | None = None
-        outcomes: list[Outcome] = []
-        for position, event in enumerate(events):
-            edit = EventEdit(event)
-            problems: list[str] = []
-            if event_rules:
-                rename_event(edit)
-            for source_path, target_path, scope in field_rules:
-                if not source_path.applies_to(edit.event) or not scope.holds(edit.event):
-                    continue
-                value = source_path.read(edit.event)
-                if value is MISSING:
-                    problems.append(
-                        f"{source_path.text} not renamed: {source_path.why_missing(edit.event)}"
-                    )
-                    continue
-                problem = edit.set(target_path, value)
-                if problem is not None:
-                    problems.append(f"{source_path.text} not renamed: {problem}")
-                    continue
-                edit.pop(source_path)
-                edit.changes.append(f"{source_path.text} -> {target_path.text}")
-            for object_path, renamer, scope in key_rules:
-                if not object_path.applies_to(edit.event) or not scope.holds(edit.event):
-                    continue
-                container = object_path.read(edit.event)
-                if container is MISSING:
-                    continue  # no object, no keys to rename
-                if not isinstance(container, dict):
-                    problems.append(
-                        f"keys of {object_path.text} not renamed: it is {kind_of(container)}, not an object"
-                    )
-                    continue
-                keys = object_path.rest
-                for key in list(container):
-                    new_key = renamer(key) if isinstance(key, str) else None
-                    if new_key is None or new_key == key:
-                        continue
-                    value = edit.pop_at(object_path.attribute, (*keys, key))
-                    edit.set_at(object_path.attribute, (*keys, new_key), value)
-                    edit.changes.append(
-                        f"{path_text(object_path.root, (*keys, key))} -> {path_text(object_path.root, (*keys, new_key))}"
-                    )
-            if edit.changed:
-                if out is None:
-                    out = events[:position]
-                out.append(edit.event)
-                outcomes.append(
-                    Outcome(
-                        stage="transform",
-                        status="transformed",
-                        message_id=event.message_id,
-                        source_id=source.id,
-                        reason=name,
-                        detail="renamed " + ", ".join(edit.changes),
-                        event=edit.event,
-                    )
-                )
-            elif out is not None:
-                out.append(event)
-            if problems:
-                outcomes.append(
-                    Outcome(
-                        stage="transform",
-                        status="skipped",
-                        message_id=event.message_id,
-                        source_id=source.id,
-                        reason=name,
-                        detail="; ".join(problems),
-                        event=edit.event,
-                    )
-                )
-        if out is None and not outcomes:
-            return None
-        return StageResult(events=out if out is not None else events, outcomes=outcomes)
+        return edit_events(
+            events,
+            source,
+            name,
+            rename_one,
+            describe=lambda changes: "renamed " + ", ".join(changes),
+        )
 
     return apply
