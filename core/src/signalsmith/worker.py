@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import signal
@@ -36,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from signalsmith.boot import start_runtime, stop_runtime
 from signalsmith.config import Settings
+from signalsmith.fql import FqlError
 from signalsmith.gc_tuning import tune_gc
 from signalsmith.hooks import PluginConfigError, resolve
 from signalsmith.model import Event
@@ -56,6 +58,7 @@ from signalsmith.stream import (
     dead_letter_fields,
     group_names,
     now_iso,
+    replay_key,
     stream_key,
     trim_acknowledged,
     undecodable_dead_letter_fields,
@@ -101,6 +104,21 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     exponent = min(max(attempt - 1, 0), 62)  # past this the cap has long been reached
     ceiling = min(cap, base * 2.0**exponent)
     return random.uniform(0.0, max(ceiling, 0.0))
+
+
+def _duration(seconds: float) -> str:
+    """``14400`` -> ``4h``, ``90`` -> ``1m30s``, ``0.5`` -> ``0.5s``."""
+    if seconds < 60:
+        return f"{seconds:g}s"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [
+        f"{hours}h" if hours else "",
+        f"{minutes}m" if minutes else "",
+        f"{secs}s" if secs else "",
+    ]
+    return "".join(parts)
 
 
 def _describe(error: BaseException) -> str:
@@ -149,22 +167,32 @@ class _Settlement:
 
 
 class SinkConsumer:
-    """Delivers the stream to one sink through the sink's consumer group (one task per sink)."""
+    """Delivers the stream to one sink through the sink's consumer group (one task per sink).
 
-    def __init__(self, runtime: Runtime, sink: Sink, consumer: str) -> None:
+    With ``replay=True`` it reads the sink's replay stream instead (``P:replay:<sink>``, events
+    replayed from its dead letters), paced to the rate each replay asked for.
+    """
+
+    def __init__(
+        self, runtime: Runtime, sink: Sink, consumer: str, *, replay: bool = False
+    ) -> None:
         settings = runtime.settings
         self.runtime = runtime
         self.redis: aioredis.Redis = runtime.redis
         self.settings = settings
         self.sink = sink
         self.consumer = consumer
-        self.group = ConsumerGroup(runtime.redis, settings.key_prefix, sink.name, consumer)
+        self.replay = replay
+        self.group = ConsumerGroup(
+            runtime.redis,
+            settings.key_prefix,
+            sink.name,
+            consumer,
+            stream=replay_key(settings.key_prefix, sink.name) if replay else None,
+        )
         self.stream = self.group.stream
         self.dead_letters = self.group.dead_letters
-        self.max_attempts = max(1, sink.max_attempts)
-        self._delivery = runtime.hooks.delivery(sink)
-        self._sink_argument = "warehouse" if sink.kind == "warehouse" else "destination"
-        self._router = Router(sink)
+        self._use(sink)
         self._observing = runtime.hooks.has_observers
         self._block_ms = _read_block_ms(settings.worker_block_ms, self.redis)
         claim_idle_seconds = settings.worker_claim_idle_ms / 1000
@@ -185,6 +213,8 @@ class SinkConsumer:
         self._retired = False
         # Where the group starts when this consumer creates it (see ConsumerGroup.create).
         self.group_start = "0"
+        # The events per second the replay being read asked for (replay consumers only).
+        self._replay_rate: float | None = None
 
     def retire(self) -> None:
         """The sink was removed from the workspace: deliver no batch read from now on (the
@@ -198,13 +228,20 @@ class SinkConsumer:
 
     def _take_next_sink(self) -> None:
         sink, self._next_sink = self._next_sink, None
-        if sink is None:
-            return
+        if sink is not None:
+            self._use(sink)
+
+    def _use(self, sink: Sink) -> None:
         self.sink = sink
-        self.max_attempts = max(1, sink.max_attempts)
+        self.max_attempts = None if sink.max_attempts is None else max(1, sink.max_attempts)
+        window = sink.retry_window_seconds
+        self.retry_window = self.settings.worker_retry_window_seconds if window is None else window
         self._delivery = self.runtime.hooks.delivery(sink)
         self._sink_argument = "warehouse" if sink.kind == "warehouse" else "destination"
-        self._router = Router(sink)
+        try:
+            self._router = Router(sink)
+        except FqlError as error:  # a plugin's Routing (the workspace checks its own)
+            raise PluginConfigError(f"sink {sink.name}: a routing condition: {error}") from None
 
     # -- the loop --
 
@@ -295,7 +332,7 @@ class SinkConsumer:
         under load the next batch holds what arrived during this one. The entries are held like
         any others (touched during retry waits, reloaded as own pending after a failed read).
         """
-        limit = max(1, self.sink.batch_size)
+        limit = self._batch_limit()
         while not delivered.is_set() and not stop.is_set():
             queued = sum(len(entry.events) or 1 for entry in self._backlog)
             if queued >= limit:
@@ -313,6 +350,14 @@ class SinkConsumer:
             if not entries:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(delivered.wait(), READ_AHEAD_POLL_SECONDS)
+
+    def _batch_limit(self) -> int:
+        """The events a batch holds: the sink's batch size, and for a replay at most a second's
+        worth of its rate, so the pace stays even."""
+        limit = max(1, self.sink.batch_size)
+        if self.replay and self._replay_rate is not None:
+            limit = min(limit, max(1, int(self._replay_rate)))
+        return limit
 
     def _queue(self, entries: Iterable[StreamEntry]) -> int:
         queued = 0
@@ -342,7 +387,7 @@ class SinkConsumer:
         self._claim_cursor, entries = await self.group.reclaim(
             self.settings.worker_claim_idle_ms,
             self._claim_cursor,
-            min(max(1, self.sink.batch_size), MAX_ENTRIES_PER_READ),
+            min(self._batch_limit(), MAX_ENTRIES_PER_READ),
         )
         queued = self._queue(entries)
         if queued:
@@ -363,7 +408,7 @@ class SinkConsumer:
         the first arrived. An entry is acknowledged as a whole so it is never split: a batch is
         over the size only when a single entry is.
         """
-        limit = max(1, self.sink.batch_size)
+        limit = self._batch_limit()
         batch: list[StreamEntry] = []
         count = 0
         while self._backlog and (not batch or count + len(self._backlog[0].events) <= limit):
@@ -421,9 +466,18 @@ class SinkConsumer:
         if not entries:
             return
         ids = [entry.id for entry in entries]
+        # A replayed event's retry window starts again when it was replayed.
+        restarted = {
+            event.message_id: entry.replayed_at
+            for entry in entries
+            if entry.replayed_at is not None
+            for event in entry.events
+        }
+        if self.replay:
+            await self._pace(sum(len(entry.events) for entry in entries), entries, stop)
         events = await self._routed([event for entry in entries for event in entry.events])
         settled = _Settlement()
-        if events and not await self._deliver_until_settled(events, settled, stop):
+        if events and not await self._deliver_until_settled(events, settled, stop, restarted):
             # Stopped during a retry wait: not acknowledged and not dead-lettered, so another
             # consumer (or this one's successor) reclaims the entries once idle long enough.
             log.warning(
@@ -444,16 +498,41 @@ class SinkConsumer:
             len(settled.rejected),
         )
 
+    async def _pace(self, count: int, entries: list[StreamEntry], stop: asyncio.Event) -> None:
+        """Hold a replayed batch until the replay's rate allows it, across every worker.
+
+        The events delivered per second are counted in Redis (one key per sink and second), so
+        several workers sharing the replay group stay under the rate together.
+        """
+        rates = [rate for entry in entries if (rate := entry.replay_rate) is not None]
+        self._replay_rate = min(rates) if rates else None
+        if self._replay_rate is None:
+            return
+        while not stop.is_set():
+            now = time.time()
+            key = f"{self.settings.key_prefix}:replay-rate:{self.sink.name}:{int(now)}"
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.incrby(key, count)
+                pipe.expire(key, 5)
+                used, _ = await pipe.execute()
+            # A batch is never larger than the rate, but one alone in its second always goes.
+            if int(used) <= self._replay_rate or int(used) == count:
+                return
+            await self.redis.decrby(key, count)
+            await _sleep_unless_stopped(stop, math.ceil(now) - now + 0.001)
+
     async def _routed(self, events: list[Event]) -> list[Event]:
-        """The events this sink takes; the others are skipped (and observers told why)."""
+        """The events this sink takes, as its filters leave them; the others are skipped (and
+        observers told why)."""
         if self._router.takes_everything:
             return events
         taken: list[Event] = []
         skipped: list[Outcome] = []
+        route = self._router.route
         for event in events:
-            reason = self._router.refusal(event)
-            if reason is None:
-                taken.append(event)
+            routed, reason = route(event)
+            if routed is not None:
+                taken.append(routed)
             elif self._observing:
                 skipped.append(self._outcome(event, "skipped", reason=reason))
         if skipped:
@@ -461,12 +540,23 @@ class SinkConsumer:
         return taken
 
     async def _deliver_until_settled(
-        self, events: list[Event], settled: _Settlement, stop: asyncio.Event
+        self,
+        events: list[Event],
+        settled: _Settlement,
+        stop: asyncio.Event,
+        restarted: dict[str, float] | None = None,
     ) -> bool:
         """Deliver ``events``, retrying the ones that fail, until each is delivered or given
-        up on (in ``settled``). Returns False when ``stop`` cut a retry wait short."""
+        up on (in ``settled``). Returns False when ``stop`` cut a retry wait short.
+
+        An event is given up on after ``max_attempts`` attempts (when set), at once for a
+        ``PermanentSinkError``, and once its retry window has passed: the window runs from the
+        event's ``received_at`` (or from its replay, ``restarted``), so it holds across
+        restarts and reclaims. The last attempt is made at the end of the window.
+        """
         pending = events
         attempt = 0
+        restarted = restarted or {}
         while True:
             attempt += 1
             settled.attempts = attempt
@@ -486,28 +576,59 @@ class SinkConsumer:
                 permanent = False
                 retry_after = report.retry_after if report is not None else None
                 traceback = None
-            if permanent or attempt >= self.max_attempts:
+            if permanent or (self.max_attempts is not None and attempt >= self.max_attempts):
                 settled.batch_error = error if failed is pending else settled.batch_error
                 for event in failed:
                     settled.rejected.setdefault(event.message_id, (event, error))
                 return True
-            delay = self._retry_delay(attempt, retry_after)
+            expiring = failed
+            failed, deadline = self._within_window(failed, restarted, settled, error)
+            if not failed:
+                if expiring is pending and settled.batch_error is None:
+                    # The whole batch failed together to the end: one reason for all of it.
+                    reasons = {settled.rejected[e.message_id][1] for e in expiring}
+                    settled.batch_error = reasons.pop() if len(reasons) == 1 else None
+                return True
+            delay = min(self._retry_delay(attempt, retry_after), max(0.0, deadline - time.time()))
+            of = f" of {self.max_attempts}" if self.max_attempts is not None else ""
             log.warning(
-                "sink %s: attempt %d of %d failed for %d events: %s; retrying in %.2fs",
+                "sink %s: attempt %d%s failed for %d events: %s; retrying in %.2fs",
                 self.sink.name,
                 attempt,
-                self.max_attempts,
+                of,
                 len(failed),
                 error,
                 delay,
                 exc_info=traceback,
             )
-            await self._observe(
-                failed, "retried", reason=error, detail=f"attempt {attempt} of {self.max_attempts}"
-            )
+            await self._observe(failed, "retried", reason=error, detail=f"attempt {attempt}{of}")
             pending = failed
             if await self._wait_holding(delay, stop):
                 return False
+
+    def _within_window(
+        self,
+        failed: list[Event],
+        restarted: dict[str, float],
+        settled: _Settlement,
+        error: str,
+    ) -> tuple[list[Event], float]:
+        """The failed events still inside their retry window, and the earliest end of those
+        windows; the others are given up on (in ``settled``)."""
+        now = time.time()
+        window = self.retry_window
+        keep: list[Event] = []
+        earliest = math.inf
+        for event in failed:
+            start = restarted.get(event.message_id) or event.received_at.timestamp()
+            end = start + window
+            if end <= now:
+                reason = f"{error} (still failing after the retry window of {_duration(window)})"
+                settled.rejected.setdefault(event.message_id, (event, reason))
+            else:
+                keep.append(event)
+                earliest = min(earliest, end)
+        return keep, earliest
 
     async def _apply_report(
         self, events: list[Event], report: DeliveryReport | None, settled: _Settlement
@@ -598,6 +719,7 @@ class SinkConsumer:
             entry_ids=ids,
             failed_at=now_iso(),
             errors=errors,
+            origin="replay" if self.replay else "events",
         )
         fields = dead_letter_fields(letter)
         await self._until_done(
@@ -755,7 +877,12 @@ class Worker:
                 )
             registered = [sink for sink in registered if sink.name in wanted]
         self.sinks: list[Sink] = registered
-        self.consumers = [SinkConsumer(runtime, sink, self.consumer) for sink in self.sinks]
+        # Each sink's events, and its replay stream (events replayed from its dead letters).
+        self.consumers = [
+            SinkConsumer(runtime, sink, self.consumer, replay=replay)
+            for sink in self.sinks
+            for replay in (False, True)
+        ]
         self.workspace_consumers = WorkspaceConsumers(self)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -776,7 +903,7 @@ class Worker:
                 self.consumer,
             )
         tasks = [
-            asyncio.create_task(consumer.run(stop), name=f"signalsmith-sink-{consumer.sink.name}")
+            asyncio.create_task(consumer.run(stop), name=_task_name(consumer))
             for consumer in self.consumers
         ]
         tasks.append(asyncio.create_task(self._trim_forever(stop), name="signalsmith-trim"))
@@ -798,6 +925,10 @@ class Worker:
                 removed = await trim_acknowledged(self.runtime.redis, self.stream)
                 if removed:
                     log.debug("trimmed %d acknowledged entries from %s", removed, self.stream)
+                for name in self._served_names():
+                    await trim_acknowledged(
+                        self.runtime.redis, replay_key(self.runtime.settings.key_prefix, name)
+                    )
                 for name in await retire_removed_destinations(
                     self.runtime.redis, self.stream, self.runtime.workspace, self.registered_names
                 ):
@@ -812,6 +943,17 @@ class Worker:
                 log.warning("trimming %s failed: %s", self.stream, _describe(error))
             if await _sleep_unless_stopped(stop, self.trim_interval):
                 return
+
+    def _served_names(self) -> list[str]:
+        active = self.runtime.workspace.active
+        names = [sink.name for sink in self.sinks]
+        if active is not None:
+            names += [
+                sink.name
+                for sink in active.destinations
+                if self.only is None or sink.name in self.only
+            ]
+        return names
 
     async def _warn_unserved_groups(self, warned: set[str]) -> None:
         """Say once per group when a group has no sink here: it holds trimming back."""
@@ -837,12 +979,15 @@ class Worker:
 
 class WorkspaceConsumers:
     """The consumers of the workspace's destinations, following the version the process runs:
-    a destination added gets a consumer (its own group and dead letters), a removed one's
-    consumer finishes its batch in flight and stops, a changed one switches between batches."""
+    a destination added gets its consumers (its own group on the events stream and on its
+    replay stream, its dead letters), a removed one's consumers finish their batch in flight
+    and stop, a changed one switches between batches."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
-        self.running: dict[str, tuple[SinkConsumer, asyncio.Event, asyncio.Task[None]]] = {}
+        self.running: dict[
+            str, tuple[list[SinkConsumer], asyncio.Event, list[asyncio.Task[None]]]
+        ] = {}
         self.stopping: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -852,11 +997,13 @@ class WorkspaceConsumers:
         try:
             await stop.wait()
         finally:
-            tasks = [task for _, _, task in self.running.values()] + list(self.stopping)
-            for _, consumer_stop, task in self.running.values():
+            tasks = [task for _, _, tasks in self.running.values() for task in tasks]
+            tasks += list(self.stopping)
+            for _, consumer_stop, consumer_tasks in self.running.values():
                 consumer_stop.set()
                 if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                    task.cancel()
+                    for task in consumer_tasks:
+                        task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _follow(self, stop: asyncio.Event) -> None:
@@ -867,7 +1014,7 @@ class WorkspaceConsumers:
             for sink in (active.destinations if active is not None else ())
             if only is None or sink.name in only
         }
-        for name, (consumer, consumer_stop, task) in list(self.running.items()):
+        for name, (consumers, consumer_stop, tasks) in list(self.running.items()):
             sink = wanted.get(name)
             if sink is None:
                 log.info(
@@ -876,24 +1023,33 @@ class WorkspaceConsumers:
                     name,
                     active.version if active else "-",
                 )
-                consumer.retire()
+                for consumer in consumers:
+                    consumer.retire()
                 consumer_stop.set()
                 del self.running[name]
-                self.stopping.add(task)
-                task.add_done_callback(self.stopping.discard)
-            elif sink != consumer.sink:
-                consumer.replace_sink(sink)
+                for task in tasks:
+                    self.stopping.add(task)
+                    task.add_done_callback(self.stopping.discard)
+            elif sink != consumers[0].sink:
+                for consumer in consumers:
+                    consumer.replace_sink(sink)
         for name, sink in wanted.items():
             if name in self.running or stop.is_set():
                 continue
-            consumer = SinkConsumer(self.worker.runtime, sink, self.worker.consumer)
+            consumers = [
+                SinkConsumer(self.worker.runtime, sink, self.worker.consumer, replay=replay)
+                for replay in (False, True)
+            ]
             if active is not None:
                 # A destination new to the stream takes events from the version that added it
                 # on, not the backlog collected before it existed.
-                consumer.group_start = active.stream_position
+                consumers[0].group_start = active.stream_position
             consumer_stop = asyncio.Event()
-            task = asyncio.create_task(consumer.run(consumer_stop), name=f"signalsmith-sink-{name}")
-            self.running[name] = (consumer, consumer_stop, task)
+            tasks = [
+                asyncio.create_task(consumer.run(consumer_stop), name=_task_name(consumer))
+                for consumer in consumers
+            ]
+            self.running[name] = (consumers, consumer_stop, tasks)
             log.info(
                 "worker %s: delivering to destination %s (type %s, plugin %s) of workspace "
                 "version %d",
@@ -903,6 +1059,10 @@ class WorkspaceConsumers:
                 sink.plugin,
                 active.version if active else 0,
             )
+
+
+def _task_name(consumer: SinkConsumer) -> str:
+    return f"signalsmith-{'replay' if consumer.replay else 'sink'}-{consumer.sink.name}"
 
 
 def run_worker(settings: Settings, only: Sequence[str] | None = None) -> None:
