@@ -29,6 +29,7 @@ from signalsmith.admin import ADMIN_PATH, make_admin_guard
 from signalsmith.boot import plugin_manager_for, start_runtime, stop_runtime
 from signalsmith.buffer import EventBuffer
 from signalsmith.config import Settings
+from signalsmith.dlq_api import dead_letter_routes
 from signalsmith.gc_tuning import tune_gc
 from signalsmith.hooks import Hooks
 from signalsmith.pipeline import Answer, ErrorBody, Pipeline
@@ -462,7 +463,12 @@ def create_app(
     hooks = Hooks(pm)
     handlers: list[Any] = [ingest, healthz, readyz, list_plugins, browser_settings]
     handlers += hooks.routes()
-    admin_handlers: list[Any] = [admin_status, *workspace_routes(), *hooks.admin_routes()]
+    admin_handlers: list[Any] = [
+        admin_status,
+        *workspace_routes(),
+        *dead_letter_routes(),
+        *hooks.admin_routes(),
+    ]
     handlers.append(
         Router(
             path=ADMIN_PATH,

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import uvloop
@@ -86,6 +86,10 @@ FORGET_CONSUMER_AFTER_MS = 3_600_000
 REDIS_BACKOFF_MAX_SECONDS = 5.0
 # Errors that mean "Redis cannot be reached right now": the same command is worth retrying.
 TRANSIENT_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+# The replay consumer's rate before it has read an entry.
+_RATE_UNKNOWN = object()
 
 
 # --- small helpers ------------------------------------------------------------------------
@@ -213,8 +217,9 @@ class SinkConsumer:
         self._retired = False
         # Where the group starts when this consumer creates it (see ConsumerGroup.create).
         self.group_start = "0"
-        # The events per second the replay being read asked for (replay consumers only).
-        self._replay_rate: float | None = None
+        # The events per second the replay being read asked for (replay consumers only; None:
+        # no limit).
+        self._replay_rate: Any = _RATE_UNKNOWN
 
     def retire(self) -> None:
         """The sink was removed from the workspace: deliver no batch read from now on (the
@@ -355,8 +360,11 @@ class SinkConsumer:
         """The events a batch holds: the sink's batch size, and for a replay at most a second's
         worth of its rate, so the pace stays even."""
         limit = max(1, self.sink.batch_size)
-        if self.replay and self._replay_rate is not None:
-            limit = min(limit, max(1, int(self._replay_rate)))
+        if self.replay and self._replay_rate is not _RATE_UNKNOWN:
+            if self._replay_rate is not None:
+                limit = min(limit, max(1, int(self._replay_rate)))
+        elif self.replay:
+            limit = 1  # one entry, to learn the rate of the replay being read
         return limit
 
     def _queue(self, entries: Iterable[StreamEntry]) -> int:
@@ -505,8 +513,8 @@ class SinkConsumer:
         several workers sharing the replay group stay under the rate together.
         """
         rates = [rate for entry in entries if (rate := entry.replay_rate) is not None]
-        self._replay_rate = min(rates) if rates else None
-        if self._replay_rate is None:
+        self._replay_rate = rate = min(rates) if rates else None
+        if rate is None:
             return
         while not stop.is_set():
             now = time.time()
@@ -516,7 +524,7 @@ class SinkConsumer:
                 pipe.expire(key, 5)
                 used, _ = await pipe.execute()
             # A batch is never larger than the rate, but one alone in its second always goes.
-            if int(used) <= self._replay_rate or int(used) == count:
+            if int(used) <= rate or int(used) == count:
                 return
             await self.redis.decrby(key, count)
             await _sleep_unless_stopped(stop, math.ceil(now) - now + 0.001)
