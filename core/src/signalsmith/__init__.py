@@ -15,6 +15,7 @@ import pluggy
 from signalsmith.config import Settings
 from signalsmith.fql import Condition, FqlError
 from signalsmith.fql import parse as parse_condition
+from signalsmith.mapping import UNDEFINED, EventMapping, MappingInvalid, compile_mapping
 from signalsmith.model import (
     Alias,
     Event,
@@ -29,8 +30,10 @@ from signalsmith.model import (
 from signalsmith.records import (
     Credentials,
     DeliveryReport,
+    DestinationFilter,
     DestinationType,
     Drop,
+    FilterAction,
     Outcome,
     PermanentSinkError,
     Refusal,
@@ -57,6 +60,19 @@ if TYPE_CHECKING:
     from signalsmith.admin import AdminClient
     from signalsmith.cli import cli_runtime, print_table, run_with_runtime, settings_of
     from signalsmith.di import RuntimeDependency
+    from signalsmith.http_delivery import (
+        AdaptiveRate,
+        DestinationInstances,
+        HttpAnswer,
+        HttpDestination,
+        HttpSettings,
+        Prepared,
+        RequestPlan,
+        Settlement,
+        chunked,
+        retry_after_seconds,
+        status_outcome,
+    )
     from signalsmith.workspace.placeholders import MissingVariable, resolve_placeholders
 
 __version__ = "0.1.0"
@@ -67,6 +83,18 @@ hookimpl = pluggy.HookimplMarker("signalsmith")
 # never needs click, Litestar or the admin client.
 _LAZY = {
     "AdminClient": "signalsmith.admin",
+    # The HTTP side destination plugins share (httpx is imported only when one is used).
+    "AdaptiveRate": "signalsmith.http_delivery",
+    "DestinationInstances": "signalsmith.http_delivery",
+    "HttpAnswer": "signalsmith.http_delivery",
+    "HttpDestination": "signalsmith.http_delivery",
+    "HttpSettings": "signalsmith.http_delivery",
+    "Prepared": "signalsmith.http_delivery",
+    "RequestPlan": "signalsmith.http_delivery",
+    "Settlement": "signalsmith.http_delivery",
+    "chunked": "signalsmith.http_delivery",
+    "retry_after_seconds": "signalsmith.http_delivery",
+    "status_outcome": "signalsmith.http_delivery",
     "MissingVariable": "signalsmith.workspace.placeholders",
     "resolve_placeholders": "signalsmith.workspace.placeholders",
     "RuntimeDependency": "signalsmith.di",
@@ -87,29 +115,42 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "UNDEFINED",
+    "AdaptiveRate",
     "AdminClient",
     "Alias",
     "Condition",
     "Credentials",
     "DeliveryReport",
+    "DestinationFilter",
+    "DestinationInstances",
     "DestinationType",
     "Drop",
     "Event",
     "EventBase",
+    "EventMapping",
+    "FilterAction",
     "FqlError",
     "Group",
+    "HttpAnswer",
+    "HttpDestination",
+    "HttpSettings",
     "Identify",
+    "MappingInvalid",
     "MissingVariable",
     "Outcome",
     "Page",
     "PermanentSinkError",
+    "Prepared",
     "Refusal",
+    "RequestPlan",
     "Routing",
     "Runtime",
     "RuntimeDependency",
     "Screen",
     "Secret",
     "Settings",
+    "Settlement",
     "Sink",
     "SinkError",
     "Source",
@@ -126,12 +167,16 @@ __all__ = [
     "WorkspaceSource",
     "WorkspaceTransform",
     "__version__",
+    "chunked",
     "cli_runtime",
+    "compile_mapping",
     "hookimpl",
     "parse_condition",
     "print_table",
     "resolve_placeholders",
+    "retry_after_seconds",
     "run_with_runtime",
     "settings_of",
+    "status_outcome",
     "to_segment_dict",
 ]

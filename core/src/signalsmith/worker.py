@@ -569,6 +569,8 @@ class SinkConsumer:
             attempt += 1
             settled.attempts = attempt
             retry_after: float | None = None
+            # Each event's own reason, when the sink said event by event (a report).
+            reasons: dict[str, str] = {}
             try:
                 report = await self._deliver(pending)
             except Exception as caught:  # any failure of the plugin is the sink failing
@@ -583,14 +585,16 @@ class SinkConsumer:
                     return True
                 permanent = False
                 retry_after = report.retry_after if report is not None else None
+                reasons = report.retry if report is not None else {}
                 traceback = None
             if permanent or (self.max_attempts is not None and attempt >= self.max_attempts):
                 settled.batch_error = error if failed is pending else settled.batch_error
                 for event in failed:
-                    settled.rejected.setdefault(event.message_id, (event, error))
+                    reason = reasons.get(event.message_id, error)
+                    settled.rejected.setdefault(event.message_id, (event, reason))
                 return True
             expiring = failed
-            failed, deadline = self._within_window(failed, restarted, settled, error)
+            failed, deadline = self._within_window(failed, restarted, settled, error, reasons)
             if not failed:
                 if expiring is pending and settled.batch_error is None:
                     # The whole batch failed together to the end: one reason for all of it.
@@ -620,9 +624,11 @@ class SinkConsumer:
         restarted: dict[str, float],
         settled: _Settlement,
         error: str,
+        reasons: dict[str, str],
     ) -> tuple[list[Event], float]:
         """The failed events still inside their retry window, and the earliest end of those
-        windows; the others are given up on (in ``settled``)."""
+        windows; the others are given up on (in ``settled``), with their own last reason
+        (``reasons``, from a report) or the batch's ``error``."""
         now = time.time()
         window = self.retry_window
         keep: list[Event] = []
@@ -631,7 +637,8 @@ class SinkConsumer:
             start = restarted.get(event.message_id) or event.received_at.timestamp()
             end = start + window
             if end <= now:
-                reason = f"{error} (still failing after the retry window of {_duration(window)})"
+                last = reasons.get(event.message_id, error)
+                reason = f"{last} (still failing after the retry window of {_duration(window)})"
                 settled.rejected.setdefault(event.message_id, (event, reason))
             else:
                 keep.append(event)
