@@ -114,7 +114,10 @@ class Receiver:
                 received = Received(
                     self.command, self.path, Headers(self.headers.items()), raw, body
                 )
-                reply = (receiver.answer(received) if receiver.answer else None) or Reply()
+                try:
+                    reply = (receiver.answer(received) if receiver.answer else None) or Reply()
+                except Exception as error:  # a test's answer function failing: say so
+                    reply = Reply(500, {"error": f"the receiver's answer raised {error!r}"})
                 received.status = None if reply.hang else reply.status
                 with lock:
                     requests.append(received)
