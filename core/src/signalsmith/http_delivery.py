@@ -45,6 +45,9 @@ from signalsmith.records import DeliveryReport, Sink
 from signalsmith.runtime import Runtime
 
 log = logging.getLogger("signalsmith.http_delivery")
+# httpx logs every request at INFO: at a thousand requests a second that is a cost, and noise.
+# Failures are logged here, with what was done about them.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 T = TypeVar("T")
 Outcome = Literal["delivered", "retry", "refused"]

@@ -69,6 +69,8 @@ log = logging.getLogger("signalsmith.worker")
 
 T = TypeVar("T")
 
+# Entries a consumer reads before it knows how many events an entry holds.
+FIRST_READ_ENTRIES = 16
 # How often each worker process trims the stream.
 TRIM_INTERVAL_SECONDS = 5.0
 # The longest gap between two reclaim passes of a sink (shorter when the claim idle time is).
@@ -217,6 +219,8 @@ class SinkConsumer:
         self._retired = False
         # Where the group starts when this consumer creates it (see ConsumerGroup.create).
         self.group_start = "0"
+        # Events per entry in what was read last (see _entries_for); 0 before the first read.
+        self._events_per_entry = 0
         # The events per second the replay being read asked for (replay consumers only; None:
         # no limit).
         self._replay_rate: Any = _RATE_UNKNOWN
@@ -343,18 +347,37 @@ class SinkConsumer:
             if queued >= limit:
                 return
             try:
-                entries = await self.group.read_new(min(limit - queued, MAX_ENTRIES_PER_READ))
+                entries = await self.group.read_new(self._entries_for(limit - queued))
             except (RedisError, OSError) as error:
                 # The read may have handed us entries we never saw: reload them next step.
                 self._read_own_pending = True
                 log.debug("sink %s: read-ahead failed: %s", self.sink.name, _describe(error))
                 return
+            self._count_entries(entries)
             for entry in entries:
                 self._held.add(entry.id)
                 self._backlog.append(entry)
             if not entries:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(delivered.wait(), READ_AHEAD_POLL_SECONDS)
+
+    def _entries_for(self, events: int) -> int:
+        """How many entries to read for about ``events`` more events.
+
+        XREADGROUP counts entries, and an entry holds one request's events (one, or a hundred
+        from a batch): reading ``events`` entries could bring a hundred times too many, all held
+        by this consumer and decoded at once (a slow sink would sit on the whole stream). The
+        size of the entries read last is the estimate.
+        """
+        if self._events_per_entry == 0:  # nothing read yet: a few entries tell their size
+            return max(1, min(FIRST_READ_ENTRIES, events))
+        return max(1, min(MAX_ENTRIES_PER_READ, events // self._events_per_entry))
+
+    def _count_entries(self, entries: list[StreamEntry]) -> None:
+        if entries:
+            self._events_per_entry = max(
+                1, round(sum(len(entry.events) for entry in entries) / len(entries))
+            )
 
     def _batch_limit(self) -> int:
         """The events a batch holds: the sink's batch size, and for a replay at most a second's
@@ -436,9 +459,8 @@ class SinkConsumer:
                 block_ms = min(block_ms, remaining_ms)
             # Every entry holds at least one event, so this never reads past the limit by more
             # than the events of multi-event entries.
-            entries = await self.group.read_new(
-                min(limit - count, MAX_ENTRIES_PER_READ), block_ms=block_ms
-            )
+            entries = await self.group.read_new(self._entries_for(limit - count), block_ms=block_ms)
+            self._count_entries(entries)
             if not entries:
                 if not batch:
                     return []  # idle: let the loop look at stop and the reclaim schedule
