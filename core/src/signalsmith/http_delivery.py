@@ -30,6 +30,7 @@ import contextlib
 import email.utils
 import logging
 import math
+import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -332,6 +333,9 @@ class HttpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_requests_per_second: Annotated[float, msgspec.Meta(gt=0)] | None = None
     # HTTP/2 when the server offers it (over TLS, by ALPN); HTTP/1.1 otherwise.
     http2: bool = True
+    # A PEM file of the certificate authorities to trust instead of the system's (a private
+    # CA). Certificates are always verified.
+    ca_file: str | None = None
 
 
 # Reads a 2xx answer that settles events one by one (a multi-status answer, a list of refused
@@ -346,6 +350,9 @@ class HttpDestination:
         self.name = name
         self.client = httpx.AsyncClient(
             http2=settings.http2,
+            verify=ssl.create_default_context(cafile=settings.ca_file)
+            if settings.ca_file
+            else True,
             timeout=httpx.Timeout(
                 settings.timeout_seconds, connect=settings.connect_timeout_seconds
             ),
