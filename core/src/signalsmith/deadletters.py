@@ -336,7 +336,6 @@ async def replay_letters(
     """Move the selected events to ``sink``'s replay stream (module docstring); ``rate`` is the
     events per second the worker may deliver them at (None: no limit); ``keep`` leaves them in
     the dead letters too."""
-    await ensure_replay_group(redis, prefix, sink)
     letters_key = dead_letter_key(prefix, sink)
     stream = replay_key(prefix, sink)
     replayed_at = str(int(time.time() * 1000))
@@ -351,6 +350,8 @@ async def replay_letters(
             continue
         if selected is None and query.selects_events:
             continue
+        if not added:
+            await ensure_replay_group(redis, prefix, sink)
         async with redis.pipeline(transaction=True) as pipe:
             if selected is None:  # undecodable: as written, for a newer reader
                 original = {k: v for k, v in entry.fields.items() if k not in _LETTER_FIELDS}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from datetime import datetime
 from typing import Any
 
@@ -27,8 +28,9 @@ from signalsmith.deadletters import (
 )
 from signalsmith.runtime import Runtime
 
-# How often a replay's progress is looked at.
+# How often a replay's progress is looked at, and after how long without any a hint is shown.
 PROGRESS_POLL_SECONDS = 0.25
+STALL_HINT_SECONDS = 10.0
 
 
 def _run(ctx: click.Context, action: Any) -> Any:
@@ -235,12 +237,24 @@ def replay_command(
             length=moved.events, label="delivered or dead-lettered again", file=sys.stderr
         ) as bar:
             shown = 0
+            moved_at = time.monotonic()
+            hinted = False
             while True:
                 progress = await replay_progress(redis, prefix, sink, moved.replay_entries)
+                if progress.settled != shown:
+                    moved_at = time.monotonic()
                 bar.update(progress.settled - shown)
                 shown = progress.settled
                 if progress.done:
                     break
+                if not hinted and time.monotonic() - moved_at > STALL_HINT_SECONDS:
+                    hinted = True
+                    click.echo(
+                        f"\nnothing settled for {STALL_HINT_SECONDS:g}s: is a worker delivering "
+                        f"{sink} (`signalsmith worker`)? The replay waits for one; Ctrl-C "
+                        "stops following it.",
+                        err=True,
+                    )
                 await asyncio.sleep(PROGRESS_POLL_SECONDS)
         return moved
 

@@ -242,6 +242,8 @@ class SinkConsumer:
 
     def _use(self, sink: Sink) -> None:
         self.sink = sink
+        # What logs call this loop: the sink, or its replay stream's loop.
+        self.label = f"{sink.name} (replay)" if self.replay else sink.name
         self.max_attempts = None if sink.max_attempts is None else max(1, sink.max_attempts)
         window = sink.retry_window_seconds
         self.retry_window = self.settings.worker_retry_window_seconds if window is None else window
@@ -275,14 +277,14 @@ class SinkConsumer:
                 )
                 log.warning(
                     "sink %s: %s; retrying in %.2fs",
-                    self.sink.name,
+                    self.label,
                     _describe(error),
                     delay,
                     exc_info=not isinstance(error, RedisError),
                 )
                 await _sleep_unless_stopped(stop, delay)
         await self._release_backlog()
-        log.info("sink %s: stopped", self.sink.name)
+        log.info("sink %s: stopped", self.label)
 
     async def _release_backlog(self) -> None:
         """Let another worker take the entries read here and not delivered, without waiting.
@@ -297,16 +299,16 @@ class SinkConsumer:
         try:
             await self.group.claim(ids, idle_ms=self.settings.worker_claim_idle_ms)
         except (RedisError, OSError) as error:  # they are reclaimed once idle anyway
-            log.debug("sink %s: could not release read-ahead entries: %s", self.sink.name, error)
+            log.debug("sink %s: could not release read-ahead entries: %s", self.label, error)
             return
         self._backlog.clear()
         self._held.difference_update(ids)
-        log.info("sink %s: released %d entries read but not delivered", self.sink.name, len(ids))
+        log.info("sink %s: released %d entries read but not delivered", self.label, len(ids))
 
     async def _step(self, stop: asyncio.Event) -> None:
         if not self._group_ready:
             if await self.group.create(self.group_start):
-                log.info("sink %s: created consumer group on %s", self.sink.name, self.stream)
+                log.info("sink %s: created consumer group on %s", self.label, self.stream)
             self._group_ready = True
         if self._read_own_pending:
             await self._load_own_pending()
@@ -351,7 +353,7 @@ class SinkConsumer:
             except (RedisError, OSError) as error:
                 # The read may have handed us entries we never saw: reload them next step.
                 self._read_own_pending = True
-                log.debug("sink %s: read-ahead failed: %s", self.sink.name, _describe(error))
+                log.debug("sink %s: read-ahead failed: %s", self.label, _describe(error))
                 return
             self._count_entries(entries)
             for entry in entries:
@@ -409,7 +411,7 @@ class SinkConsumer:
                 return
             queued = self._queue(entries)
             if queued:
-                log.info("sink %s: resuming %d pending entries", self.sink.name, queued)
+                log.info("sink %s: resuming %d pending entries", self.label, queued)
             last = entries[-1].id
 
     async def _reclaim(self) -> None:
@@ -424,13 +426,13 @@ class SinkConsumer:
         if queued:
             log.warning(
                 "sink %s: reclaimed %d entries idle for over %d ms (a consumer died or stalled)",
-                self.sink.name,
+                self.label,
                 queued,
                 self.settings.worker_claim_idle_ms,
             )
         if self._claim_cursor == "0-0":  # a full pass over the pending list
             for name in await self.group.forget_departed(FORGET_CONSUMER_AFTER_MS):
-                log.info("sink %s: removed departed consumer %s", self.sink.name, name)
+                log.info("sink %s: removed departed consumer %s", self.label, name)
 
     async def _next_batch(self, stop: asyncio.Event) -> list[StreamEntry]:
         """Entries holding up to ``batch_size`` events: queued ones first, else new ones.
@@ -512,7 +514,7 @@ class SinkConsumer:
             # consumer (or this one's successor) reclaims the entries once idle long enough.
             log.warning(
                 "sink %s: stopping; %d entries left pending for a later reclaim",
-                self.sink.name,
+                self.label,
                 len(ids),
             )
             return
@@ -522,7 +524,7 @@ class SinkConsumer:
             await self._ack(ids, stop)
         log.debug(
             "sink %s: settled %d entries: %d events delivered, %d dead-lettered",
-            self.sink.name,
+            self.label,
             len(ids),
             len(settled.delivered),
             len(settled.rejected),
@@ -627,7 +629,7 @@ class SinkConsumer:
             of = f" of {self.max_attempts}" if self.max_attempts is not None else ""
             log.warning(
                 "sink %s: attempt %d%s failed for %d events: %s; retrying in %.2fs",
-                self.sink.name,
+                self.label,
                 attempt,
                 of,
                 len(failed),
@@ -734,7 +736,7 @@ class SinkConsumer:
         try:
             await self.group.claim(sorted(self._held))
         except RedisError as error:  # at worst another worker reclaims the batch
-            log.debug("sink %s: could not refresh held entries: %s", self.sink.name, error)
+            log.debug("sink %s: could not refresh held entries: %s", self.label, error)
 
     async def _ack(self, ids: list[str], stop: asyncio.Event) -> None:
         await self._until_done(stop, "XACK", lambda: self.group.ack(ids))
@@ -764,7 +766,7 @@ class SinkConsumer:
         )
         log.error(
             "sink %s: dead-lettered %d events (from %d entries) to %s: %s",
-            self.sink.name,
+            self.label,
             len(events),
             len(ids),
             self.dead_letters,
@@ -786,7 +788,7 @@ class SinkConsumer:
         )
         log.error(
             "sink %s: dead-lettered entry %s to %s: %s",
-            self.sink.name,
+            self.label,
             entry.id,
             self.dead_letters,
             problem,
@@ -827,7 +829,7 @@ class SinkConsumer:
                 )
                 log.warning(
                     "sink %s: %s failed (%s); retrying in %.2fs",
-                    self.sink.name,
+                    self.label,
                     what,
                     _describe(error),
                     delay,
