@@ -404,3 +404,16 @@ def test_the_default_retry_window_is_four_hours() -> None:
         ).worker_retry_window_seconds
         == 60
     )
+
+
+def test_the_json_schema_describes_rules_filters_and_mappings() -> None:
+    import jsonschema
+    import yaml
+
+    from signalsmith.workspace.schema import workspace_schema
+
+    schema = workspace_schema(registry())
+    jsonschema.validate(yaml.safe_load(DOCUMENT), schema)
+    bad = yaml.safe_load(DOCUMENT.replace("deny_events:", "deny_event:"))
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
