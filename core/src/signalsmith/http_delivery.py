@@ -129,6 +129,8 @@ class AdaptiveRate:
         self._sent: deque[float] = deque(maxlen=256)
         # The rate sent when an unlimited instance was first throttled: past it, no limit again.
         self._unthrottled: float | None = None
+        # How many times the rate was cut (for logs and tests).
+        self.throttles = 0
 
     def sent_per_second(self) -> float:
         """Requests started in the last second (at least one)."""
@@ -155,6 +157,7 @@ class AdaptiveRate:
         else:
             current = self.limit
         self.limit = max(self.floor, current / 2)
+        self.throttles += 1
         self._changed = now
         # Nothing more goes out before the new pace allows it.
         self._next_slot = max(self._next_slot, now + 1.0 / self.limit)

@@ -394,32 +394,28 @@ async def test_two_instances_are_isolated(settings: Settings) -> None:
 
 
 async def test_429s_slow_the_instance_down(settings: Settings) -> None:
-    """A receiver that answers 429 (no Retry-After) whenever it gets more than 4 requests in
-    a second: the instance, unlimited until then, takes a rate of its own (halved from what it
-    was sending) and every event is delivered. The arithmetic of the rate is checked in the
-    core's tests (test_http_delivery); how many 429s a run meets depends on the machine."""
-    stamps: list[float] = []
+    """A receiver that answers 429 (no Retry-After) to a run of requests: the instance,
+    unlimited until then, cuts its own rate (halved from what it was sending), and every event
+    is delivered. The arithmetic of the rate is checked in the core's tests
+    (test_http_delivery); how fast it recovers here depends on the machine."""
+    seen: list[int] = []
     lock = threading.Lock()
 
-    def limited(request: Received) -> Reply | None:
-        now = time.monotonic()
+    def overloaded(request: Received) -> Reply | None:
         with lock:
-            recent = [s for s in stamps if now - s < 1.0]
-            if len(recent) >= 4:
-                return Reply(429, {"error": "slow down"})
-            stamps.append(now)
-        return None
+            seen.append(1)
+            number = len(seen)
+        return Reply(429, {"error": "slow down"}) if 4 < number <= 12 else None
 
     sent = [track(f"Event {n}") for n in range(30)]
-    with Receiver(limited) as receiver:
+    with Receiver(overloaded) as receiver:
         text = document(receiver.url, settings="concurrency: 8")
         async with forwarding(settings, PLUGIN, document=text) as run:
             await run.send(*sent)
             await wait_for(receiver, lambda p: len(p) == 30, timeout=60)
-            instances = run.runtime.state["dest-webhook"]
-            rate = instances.current("hook").rate
-            assert rate.limit is not None  # limited since the 429s (unlimited before)
-    assert any(r.status == 429 for r in receiver.received())
+            rate = run.runtime.state["dest-webhook"].current("hook").rate
+            assert rate.throttles >= 1
+    assert sum(1 for r in receiver.received() if r.status == 429) == 8
     assert sorted(p["messageId"] for p in receiver.payloads()) == sorted(
         m["messageId"] for m in sent
     )
