@@ -444,6 +444,36 @@ async def test_the_next_batch_is_read_while_one_is_delivered(
     ]
 
 
+async def test_a_slow_sink_holds_about_a_batch_of_batched_entries_not_the_stream(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """Entries of batch requests hold a hundred events each: a sink whose delivery takes long
+    reads ahead about one more batch of events, not as many entries as its batch has events
+    (which would hold, and decode, a hundred times more)."""
+    release = asyncio.Event()
+    calls: list[int] = []
+
+    async def slow(events: list[Event]) -> None:
+        calls.append(len(events))
+        await release.wait()
+
+    sink = capture_sink_plugin("slow", deliver=slow, batch_size=200, max_wait_seconds=0.05)
+    async with event_buffer(redis, settings) as buffer:
+        for _ in range(60):
+            await buffer.append("src-1", make_events(100))
+    async with running_worker(settings, (sink.plugin, sink.name)):
+        await wait_until(lambda: calls, "the first delivery")
+        await asyncio.sleep(0.5)  # read-ahead polls every 20 ms meanwhile
+        held = await pending_count(redis, settings, "slow")
+        # The batch in flight (2 entries), the next batch read ahead (2), and a first read of a
+        # few entries before the consumer knew their size.
+        assert held <= 2 + 2 + 16, held
+        release.set()
+        await wait_until(lambda: group_caught_up(redis, settings, "slow"), "acks")
+    assert sum(calls) == 6000
+    assert max(calls) <= 16 * 100
+
+
 async def test_entries_read_ahead_by_a_stopping_worker_are_taken_over_at_once(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
@@ -917,4 +947,5 @@ async def test_events_a_report_keeps_asking_to_retry_are_dead_lettered_after_max
     assert dead_lettered_ids([letter]) == [stubborn.message_id]
     assert int(letter["attempts"]) == 3
     reasons = msgspec.msgpack.decode(letter["errors"])
-    assert reasons == {stubborn.message_id: "the sink asked to retry 1 events: HTTP 429"}
+    # Each event keeps its own last reason, as the sink gave it.
+    assert reasons == {stubborn.message_id: "HTTP 429"}

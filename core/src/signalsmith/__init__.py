@@ -25,6 +25,7 @@ from signalsmith.event_paths import (
 )
 from signalsmith.fql import Condition, FqlError
 from signalsmith.fql import parse as parse_condition
+from signalsmith.mapping import UNDEFINED, EventMapping, MappingInvalid, compile_mapping
 from signalsmith.model import (
     Alias,
     Event,
@@ -45,8 +46,10 @@ from signalsmith.records import (
     ContractHandling,
     Credentials,
     DeliveryReport,
+    DestinationFilter,
     DestinationType,
     Drop,
+    FilterAction,
     Outcome,
     PermanentSinkError,
     Refusal,
@@ -76,6 +79,19 @@ if TYPE_CHECKING:
     from signalsmith.admin import AdminClient
     from signalsmith.cli import cli_runtime, print_table, run_with_runtime, settings_of
     from signalsmith.di import RuntimeDependency
+    from signalsmith.http_delivery import (
+        AdaptiveRate,
+        DestinationInstances,
+        HttpAnswer,
+        HttpDestination,
+        HttpSettings,
+        Prepared,
+        RequestPlan,
+        Settlement,
+        chunked,
+        retry_after_seconds,
+        status_outcome,
+    )
     from signalsmith.workspace.placeholders import MissingVariable, resolve_placeholders
 
 __version__ = "0.1.0"
@@ -86,6 +102,18 @@ hookimpl = pluggy.HookimplMarker("signalsmith")
 # never needs click, Litestar or the admin client.
 _LAZY = {
     "AdminClient": "signalsmith.admin",
+    # The HTTP side destination plugins share (httpx is imported only when one is used).
+    "AdaptiveRate": "signalsmith.http_delivery",
+    "DestinationInstances": "signalsmith.http_delivery",
+    "HttpAnswer": "signalsmith.http_delivery",
+    "HttpDestination": "signalsmith.http_delivery",
+    "HttpSettings": "signalsmith.http_delivery",
+    "Prepared": "signalsmith.http_delivery",
+    "RequestPlan": "signalsmith.http_delivery",
+    "Settlement": "signalsmith.http_delivery",
+    "chunked": "signalsmith.http_delivery",
+    "retry_after_seconds": "signalsmith.http_delivery",
+    "status_outcome": "signalsmith.http_delivery",
     "MissingVariable": "signalsmith.workspace.placeholders",
     "resolve_placeholders": "signalsmith.workspace.placeholders",
     "RuntimeDependency": "signalsmith.di",
@@ -109,6 +137,8 @@ __all__ = [
     "MISSING",
     "VIOLATIONS_STREAM",
     "VIOLATION_RECORD_FIELD",
+    "UNDEFINED",
+    "AdaptiveRate",
     "AdminClient",
     "Alias",
     "BannerSecret",
@@ -118,22 +148,32 @@ __all__ = [
     "ContractHandling",
     "Credentials",
     "DeliveryReport",
+    "DestinationFilter",
+    "DestinationInstances",
     "DestinationType",
     "Drop",
     "Event",
     "EventBase",
     "EventEdit",
     "EventPath",
+    "EventMapping",
+    "FilterAction",
     "FqlError",
     "Group",
+    "HttpAnswer",
+    "HttpDestination",
+    "HttpSettings",
     "Identify",
+    "MappingInvalid",
     "MissingVariable",
     "Outcome",
     "Page",
     "PathError",
     "PathPattern",
     "PermanentSinkError",
+    "Prepared",
     "Refusal",
+    "RequestPlan",
     "Routing",
     "Runtime",
     "RuntimeDependency",
@@ -141,6 +181,7 @@ __all__ = [
     "Secret",
     "Settings",
     "SettingsError",
+    "Settlement",
     "Sink",
     "SinkError",
     "Source",
@@ -159,15 +200,19 @@ __all__ = [
     "WorkspaceSource",
     "WorkspaceTransform",
     "__version__",
+    "chunked",
     "cli_runtime",
     "edit_events",
+    "compile_mapping",
     "hookimpl",
     "kind_of",
     "parse_condition",
     "path_text",
     "print_table",
     "resolve_placeholders",
+    "retry_after_seconds",
     "run_with_runtime",
     "settings_of",
+    "status_outcome",
     "to_segment_dict",
 ]

@@ -18,6 +18,7 @@ import msgspec
 
 from signalsmith.boot import plugin_manager_for, start_runtime, stop_runtime
 from signalsmith.config import Settings
+from signalsmith.dlq_cli import dlq
 from signalsmith.embedded import RedisServerProcess
 from signalsmith.hooks import Hooks
 from signalsmith.plugins import plugin_infos
@@ -190,7 +191,7 @@ def build_cli(settings: Settings | None = None) -> click.Group:
     def cli() -> None:
         """SignalSmith: a self-hosted, Segment-compatible customer-event pipeline."""
 
-    for command in (plugins, serve, worker, config):
+    for command in (plugins, serve, worker, config, dlq):
         cli.add_command(command)
     Hooks(plugin_manager_for(settings)).add_commands(cli)
     return cli

@@ -85,6 +85,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_claim_idle_ms: int = 30_000
     worker_retry_base_seconds: float = 0.5
     worker_retry_max_seconds: float = 30.0
+    # A failing event is retried for this long after it was received (or replayed), then
+    # dead-lettered; a sink (a workspace destination's `retry_window_seconds`) may say otherwise.
+    worker_retry_window_seconds: Annotated[float, msgspec.Meta(gt=0)] = 4 * 3600.0
 
     def __post_init__(self) -> None:
         if self.public_url is not None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 import msgspec
 import pluggy
 
+from signalsmith.mapping import MappingInvalid, check_default_mappings
 from signalsmith.records import (
     CORE_SECTIONS,
     CORE_SOURCE_FIELDS,
@@ -196,6 +197,13 @@ class Hooks:
                     f"plugin {plugin_name!r} registers destination type {kind.name!r} but "
                     "implements no deliver_events hook"
                 )
+            try:
+                check_default_mappings(kind.mappings)
+            except MappingInvalid as error:
+                raise PluginConfigError(
+                    f"plugin {plugin_name!r}: destination type {kind.name!r} has an invalid "
+                    f"default mapping: {error}"
+                ) from None
             found[kind.name] = msgspec.structs.replace(kind, plugin=plugin_name)
         return found
 

@@ -123,15 +123,51 @@ class StageResult(msgspec.Struct, kw_only=True):
 SinkKind = Literal["destination", "warehouse"]
 
 
+FilterActionType = Literal["DROP", "DROP_PROPERTIES", "ALLOW_PROPERTIES", "SAMPLE"]
+
+
+class FilterAction(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One action of a destination filter (Segment's ``DestinationFilterActionV1``).
+
+    ``DROP`` drops the event; ``DROP_PROPERTIES`` removes the keys ``fields`` lists under each
+    object path (``""`` is the top level: ``{"properties": ["email"], "": ["userId"]}``);
+    ``ALLOW_PROPERTIES`` keeps only those keys; ``SAMPLE`` keeps ``percent`` (0-1) of the
+    events, by the MD5 of the value at ``path`` when one is given (the same events every time),
+    else at random.
+    """
+
+    type: FilterActionType
+    fields: dict[str, tuple[str, ...]] = {}
+    percent: float | None = None
+    path: str | None = None
+
+
+class DestinationFilter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A destination filter as Segment's Public API writes it (``DestinationFilterV1``, less its
+    ids): when ``condition`` (FQL, or ``"all"``) holds for an event, ``actions`` apply to it.
+    ``source`` limits it to one source's events. The worker applies the actions of every filter
+    in Segment's order: samples, then drops, then dropped properties, then allowed properties.
+    """
+
+    condition: str = "all"
+    actions: tuple[FilterAction, ...] = ()
+    title: str = ""
+    source: str | None = None
+    enabled: bool = True
+
+
 class Routing(msgspec.Struct, frozen=True, kw_only=True):
     """Which events a sink takes. The worker applies it before the sink's plugin sees a batch,
     so no destination filters for itself; events a sink does not take are acknowledged for it.
 
-    Every rule that is set must hold: the event's type is in ``types``, a track's event name
-    matches one of ``events`` (shell-style patterns such as ``Order *``; other types pass this
-    rule), and the event's consent (``context.consent.categoryPreferences``) grants every
-    category in ``consent``. An event without a consent object is not held back by ``consent``
-    (Segment's rule); an empty preferences object grants nothing.
+    Every rule that is set must hold: the event's type is in ``types`` and not in
+    ``deny_types``; a track's event name matches one of ``events`` and none of ``deny_events``
+    (shell-style patterns such as ``Order *``; other types pass these rules); ``condition`` (an
+    FQL condition, `signalsmith.fql`) holds; and the event's consent
+    (``context.consent.categoryPreferences``) grants every category in ``consent``. An event
+    without a consent object is not held back by ``consent`` (Segment's rule); an empty
+    preferences object grants nothing. ``filters`` (Segment's destination filters) then drop,
+    sample or trim the events that passed.
     """
 
     types: tuple[str, ...] = ()
@@ -140,6 +176,10 @@ class Routing(msgspec.Struct, frozen=True, kw_only=True):
     # The sources (``event.project_id``) whose events the sink takes; None takes every source.
     # A workspace destination takes the sources that list it (none: no events).
     sources: frozenset[str] | None = None
+    deny_types: tuple[str, ...] = ()
+    deny_events: tuple[str, ...] = ()
+    condition: str | None = None
+    filters: tuple[DestinationFilter, ...] = ()
 
 
 class Sink(msgspec.Struct, frozen=True, kw_only=True):
@@ -155,7 +195,12 @@ class Sink(msgspec.Struct, frozen=True, kw_only=True):
     plugin: str = ""
     batch_size: int = 500
     max_wait_seconds: float = 1.0
-    max_attempts: int = 6
+    # Attempts at a failing event before it is dead-lettered; None: no limit, the retry window
+    # decides.
+    max_attempts: int | None = 6
+    # Seconds from an event's ``received_at`` (or its replay) after which a failing event is
+    # dead-lettered; None: ``SIGNALSMITH_WORKER_RETRY_WINDOW_SECONDS``.
+    retry_window_seconds: float | None = None
     routing: Routing = Routing()
     options: dict[str, Any] = {}
     # For a destination declared in the workspace: its destination type, and its settings (the
@@ -163,6 +208,9 @@ class Sink(msgspec.Struct, frozen=True, kw_only=True):
     # delivered (``runtime.delivers``); elsewhere they are None.
     type: str = ""
     settings: Any = None
+    # For a destination declared in the workspace: its mappings (``signalsmith.mapping.
+    # EventMapping``, compiled once per version): ``mapping.payload(event)`` is what to send.
+    mapping: Any = None
 
     def __repr__(self) -> str:
         # Settings and options may hold resolved secrets: never in reprs, logs or tracebacks.
@@ -327,6 +375,10 @@ class DestinationType(msgspec.Struct, frozen=True, kw_only=True):
     settings: type[msgspec.Struct] | None = None
     plugin: str = ""
     description: str = ""
+    # The payload of each message type when the instance does not override it: a mapping-kit
+    # mapping (`signalsmith.mapping`) by type (``"track"``, ``"identify"``, ...). A type left
+    # out gets the whole event (``{"@path": "$."}``).
+    mappings: dict[str, Any] = {}
 
 
 class WorkspaceProblem(msgspec.Struct, frozen=True):
@@ -396,7 +448,13 @@ class WorkspaceDestination(msgspec.Struct, frozen=True, kw_only=True):
     routing: Routing = Routing()
     batch_size: int = 500
     max_wait_seconds: float = 1.0
-    max_attempts: int = 6
+    max_attempts: int | None = None
+    retry_window_seconds: float | None = None
+    # The instance's mappings as written (by message type, and triggered ones), and compiled
+    # with its type's defaults (``signalsmith.mapping.EventMapping``).
+    mapping: dict[str, Any] = {}
+    mappings: tuple[dict[str, Any], ...] = ()
+    event_mapping: Any = None
 
 
 class WorkspaceDocument(msgspec.Struct, frozen=True, kw_only=True):

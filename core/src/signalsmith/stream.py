@@ -7,6 +7,9 @@ Layout (``P`` is ``Settings.key_prefix``; `docs/buffer.md` has the measurements 
   were duplicates, ``dup`` (their indexes in ``d``, comma-separated; consumers skip them).
 - one consumer group per sink on ``P:events``, named after the sink.
 - ``P:dlq:<sink>``: a sink's dead-letter stream (``DeadLetter`` says what an entry holds).
+- ``P:replay:<sink>``: events replayed from a sink's dead letters, in the entry format of
+  ``P:events`` plus ``replayed_at`` and ``rate``, read by that sink's own group alone
+  (`signalsmith.deadletters`), so a replay reaches that sink and no other.
 
 The collector writes entries (``signalsmith.buffer``, which adds ``dup``) and the worker reads
 them (``signalsmith.worker``); both go through this module, so the format has one encoder
@@ -45,6 +48,10 @@ def stream_key(prefix: str) -> str:
 
 def dead_letter_key(prefix: str, sink_name: str) -> str:
     return f"{prefix}:dlq:{sink_name}"
+
+
+def replay_key(prefix: str, sink_name: str) -> str:
+    return f"{prefix}:replay:{sink_name}"
 
 
 def text(value: Any) -> str:
@@ -105,6 +112,21 @@ class StreamEntry:
     duplicates: frozenset[int] = frozenset()
     problem: str | None = None
     fields: dict[str, Any] | None = None
+
+    @property
+    def replayed_at(self) -> float | None:
+        """For an entry of a replay stream: when it was replayed (epoch seconds), from which
+        its events' retry window is measured."""
+        value = (self.fields or {}).get("replayed_at")
+        return int(value) / 1000 if value is not None else None
+
+    @property
+    def replay_rate(self) -> float | None:
+        """For an entry of a replay stream: the events per second its replay may deliver
+        (None: no limit)."""
+        value = (self.fields or {}).get("rate")
+        rate = float(value) if value is not None else 0.0
+        return rate if rate > 0 else None
 
 
 def decode_entry(
@@ -173,6 +195,8 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     entry_ids: list[str]
     failed_at: str
     errors: dict[str, str] = {}
+    # The stream the entries came from: "events", or "replay" (a replay that failed again).
+    origin: str = "events"
 
 
 def dead_letter_fields(letter: DeadLetter) -> dict[str, Any]:
@@ -185,6 +209,7 @@ def dead_letter_fields(letter: DeadLetter) -> dict[str, Any]:
         "attempts": letter.attempts,
         "entry_ids": ",".join(letter.entry_ids),
         "failed_at": letter.failed_at,
+        "origin": letter.origin,
     }
     if letter.errors:
         fields["errors"] = msgspec.msgpack.encode(letter.errors)
@@ -208,11 +233,20 @@ def undecodable_dead_letter_fields(entry: StreamEntry, sink: str, problem: str) 
 
 
 class ConsumerGroup:
-    """One sink's consumer group on the events stream, as one consumer in it uses it."""
+    """One sink's consumer group on the events stream (or on its replay stream, ``stream``),
+    as one consumer in it uses it."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str, group: str, consumer: str) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        prefix: str,
+        group: str,
+        consumer: str,
+        *,
+        stream: str | None = None,
+    ) -> None:
         self.redis = redis
-        self.stream = stream_key(prefix)
+        self.stream = stream or stream_key(prefix)
         self.dead_letters = dead_letter_key(prefix, group)
         self.group = group
         self.consumer = consumer

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import signal
@@ -26,7 +27,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import uvloop
@@ -36,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from signalsmith.boot import start_runtime, stop_runtime
 from signalsmith.config import Settings
+from signalsmith.fql import FqlError
 from signalsmith.gc_tuning import tune_gc
 from signalsmith.hooks import PluginConfigError, resolve
 from signalsmith.model import Event
@@ -56,6 +58,7 @@ from signalsmith.stream import (
     dead_letter_fields,
     group_names,
     now_iso,
+    replay_key,
     stream_key,
     trim_acknowledged,
     undecodable_dead_letter_fields,
@@ -66,6 +69,8 @@ log = logging.getLogger("signalsmith.worker")
 
 T = TypeVar("T")
 
+# Entries a consumer reads before it knows how many events an entry holds.
+FIRST_READ_ENTRIES = 16
 # How often each worker process trims the stream.
 TRIM_INTERVAL_SECONDS = 5.0
 # The longest gap between two reclaim passes of a sink (shorter when the claim idle time is).
@@ -85,6 +90,10 @@ REDIS_BACKOFF_MAX_SECONDS = 5.0
 TRANSIENT_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
+# The replay consumer's rate before it has read an entry.
+_RATE_UNKNOWN = object()
+
+
 # --- small helpers ------------------------------------------------------------------------
 
 
@@ -101,6 +110,21 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     exponent = min(max(attempt - 1, 0), 62)  # past this the cap has long been reached
     ceiling = min(cap, base * 2.0**exponent)
     return random.uniform(0.0, max(ceiling, 0.0))
+
+
+def _duration(seconds: float) -> str:
+    """``14400`` -> ``4h``, ``90`` -> ``1m30s``, ``0.5`` -> ``0.5s``."""
+    if seconds < 60:
+        return f"{seconds:g}s"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [
+        f"{hours}h" if hours else "",
+        f"{minutes}m" if minutes else "",
+        f"{secs}s" if secs else "",
+    ]
+    return "".join(parts)
 
 
 def _describe(error: BaseException) -> str:
@@ -149,22 +173,32 @@ class _Settlement:
 
 
 class SinkConsumer:
-    """Delivers the stream to one sink through the sink's consumer group (one task per sink)."""
+    """Delivers the stream to one sink through the sink's consumer group (one task per sink).
 
-    def __init__(self, runtime: Runtime, sink: Sink, consumer: str) -> None:
+    With ``replay=True`` it reads the sink's replay stream instead (``P:replay:<sink>``, events
+    replayed from its dead letters), paced to the rate each replay asked for.
+    """
+
+    def __init__(
+        self, runtime: Runtime, sink: Sink, consumer: str, *, replay: bool = False
+    ) -> None:
         settings = runtime.settings
         self.runtime = runtime
         self.redis: aioredis.Redis = runtime.redis
         self.settings = settings
         self.sink = sink
         self.consumer = consumer
-        self.group = ConsumerGroup(runtime.redis, settings.key_prefix, sink.name, consumer)
+        self.replay = replay
+        self.group = ConsumerGroup(
+            runtime.redis,
+            settings.key_prefix,
+            sink.name,
+            consumer,
+            stream=replay_key(settings.key_prefix, sink.name) if replay else None,
+        )
         self.stream = self.group.stream
         self.dead_letters = self.group.dead_letters
-        self.max_attempts = max(1, sink.max_attempts)
-        self._delivery = runtime.hooks.delivery(sink)
-        self._sink_argument = "warehouse" if sink.kind == "warehouse" else "destination"
-        self._router = Router(sink)
+        self._use(sink)
         self._observing = runtime.hooks.has_observers
         self._block_ms = _read_block_ms(settings.worker_block_ms, self.redis)
         claim_idle_seconds = settings.worker_claim_idle_ms / 1000
@@ -185,6 +219,11 @@ class SinkConsumer:
         self._retired = False
         # Where the group starts when this consumer creates it (see ConsumerGroup.create).
         self.group_start = "0"
+        # Events per entry in what was read last (see _entries_for); 0 before the first read.
+        self._events_per_entry = 0
+        # The events per second the replay being read asked for (replay consumers only; None:
+        # no limit).
+        self._replay_rate: Any = _RATE_UNKNOWN
 
     def retire(self) -> None:
         """The sink was removed from the workspace: deliver no batch read from now on (the
@@ -198,13 +237,22 @@ class SinkConsumer:
 
     def _take_next_sink(self) -> None:
         sink, self._next_sink = self._next_sink, None
-        if sink is None:
-            return
+        if sink is not None:
+            self._use(sink)
+
+    def _use(self, sink: Sink) -> None:
         self.sink = sink
-        self.max_attempts = max(1, sink.max_attempts)
+        # What logs call this loop: the sink, or its replay stream's loop.
+        self.label = f"{sink.name} (replay)" if self.replay else sink.name
+        self.max_attempts = None if sink.max_attempts is None else max(1, sink.max_attempts)
+        window = sink.retry_window_seconds
+        self.retry_window = self.settings.worker_retry_window_seconds if window is None else window
         self._delivery = self.runtime.hooks.delivery(sink)
         self._sink_argument = "warehouse" if sink.kind == "warehouse" else "destination"
-        self._router = Router(sink)
+        try:
+            self._router = Router(sink)
+        except FqlError as error:  # a plugin's Routing (the workspace checks its own)
+            raise PluginConfigError(f"sink {sink.name}: a routing condition: {error}") from None
 
     # -- the loop --
 
@@ -229,14 +277,14 @@ class SinkConsumer:
                 )
                 log.warning(
                     "sink %s: %s; retrying in %.2fs",
-                    self.sink.name,
+                    self.label,
                     _describe(error),
                     delay,
                     exc_info=not isinstance(error, RedisError),
                 )
                 await _sleep_unless_stopped(stop, delay)
         await self._release_backlog()
-        log.info("sink %s: stopped", self.sink.name)
+        log.info("sink %s: stopped", self.label)
 
     async def _release_backlog(self) -> None:
         """Let another worker take the entries read here and not delivered, without waiting.
@@ -251,16 +299,16 @@ class SinkConsumer:
         try:
             await self.group.claim(ids, idle_ms=self.settings.worker_claim_idle_ms)
         except (RedisError, OSError) as error:  # they are reclaimed once idle anyway
-            log.debug("sink %s: could not release read-ahead entries: %s", self.sink.name, error)
+            log.debug("sink %s: could not release read-ahead entries: %s", self.label, error)
             return
         self._backlog.clear()
         self._held.difference_update(ids)
-        log.info("sink %s: released %d entries read but not delivered", self.sink.name, len(ids))
+        log.info("sink %s: released %d entries read but not delivered", self.label, len(ids))
 
     async def _step(self, stop: asyncio.Event) -> None:
         if not self._group_ready:
             if await self.group.create(self.group_start):
-                log.info("sink %s: created consumer group on %s", self.sink.name, self.stream)
+                log.info("sink %s: created consumer group on %s", self.label, self.stream)
             self._group_ready = True
         if self._read_own_pending:
             await self._load_own_pending()
@@ -295,24 +343,54 @@ class SinkConsumer:
         under load the next batch holds what arrived during this one. The entries are held like
         any others (touched during retry waits, reloaded as own pending after a failed read).
         """
-        limit = max(1, self.sink.batch_size)
+        limit = self._batch_limit()
         while not delivered.is_set() and not stop.is_set():
             queued = sum(len(entry.events) or 1 for entry in self._backlog)
             if queued >= limit:
                 return
             try:
-                entries = await self.group.read_new(min(limit - queued, MAX_ENTRIES_PER_READ))
+                entries = await self.group.read_new(self._entries_for(limit - queued))
             except (RedisError, OSError) as error:
                 # The read may have handed us entries we never saw: reload them next step.
                 self._read_own_pending = True
-                log.debug("sink %s: read-ahead failed: %s", self.sink.name, _describe(error))
+                log.debug("sink %s: read-ahead failed: %s", self.label, _describe(error))
                 return
+            self._count_entries(entries)
             for entry in entries:
                 self._held.add(entry.id)
                 self._backlog.append(entry)
             if not entries:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(delivered.wait(), READ_AHEAD_POLL_SECONDS)
+
+    def _entries_for(self, events: int) -> int:
+        """How many entries to read for about ``events`` more events.
+
+        XREADGROUP counts entries, and an entry holds one request's events (one, or a hundred
+        from a batch): reading ``events`` entries could bring a hundred times too many, all held
+        by this consumer and decoded at once (a slow sink would sit on the whole stream). The
+        size of the entries read last is the estimate.
+        """
+        if self._events_per_entry == 0:  # nothing read yet: a few entries tell their size
+            return max(1, min(FIRST_READ_ENTRIES, events))
+        return max(1, min(MAX_ENTRIES_PER_READ, events // self._events_per_entry))
+
+    def _count_entries(self, entries: list[StreamEntry]) -> None:
+        if entries:
+            self._events_per_entry = max(
+                1, round(sum(len(entry.events) for entry in entries) / len(entries))
+            )
+
+    def _batch_limit(self) -> int:
+        """The events a batch holds: the sink's batch size, and for a replay at most a second's
+        worth of its rate, so the pace stays even."""
+        limit = max(1, self.sink.batch_size)
+        if self.replay and self._replay_rate is not _RATE_UNKNOWN:
+            if self._replay_rate is not None:
+                limit = min(limit, max(1, int(self._replay_rate)))
+        elif self.replay:
+            limit = 1  # one entry, to learn the rate of the replay being read
+        return limit
 
     def _queue(self, entries: Iterable[StreamEntry]) -> int:
         queued = 0
@@ -333,7 +411,7 @@ class SinkConsumer:
                 return
             queued = self._queue(entries)
             if queued:
-                log.info("sink %s: resuming %d pending entries", self.sink.name, queued)
+                log.info("sink %s: resuming %d pending entries", self.label, queued)
             last = entries[-1].id
 
     async def _reclaim(self) -> None:
@@ -342,19 +420,19 @@ class SinkConsumer:
         self._claim_cursor, entries = await self.group.reclaim(
             self.settings.worker_claim_idle_ms,
             self._claim_cursor,
-            min(max(1, self.sink.batch_size), MAX_ENTRIES_PER_READ),
+            min(self._batch_limit(), MAX_ENTRIES_PER_READ),
         )
         queued = self._queue(entries)
         if queued:
             log.warning(
                 "sink %s: reclaimed %d entries idle for over %d ms (a consumer died or stalled)",
-                self.sink.name,
+                self.label,
                 queued,
                 self.settings.worker_claim_idle_ms,
             )
         if self._claim_cursor == "0-0":  # a full pass over the pending list
             for name in await self.group.forget_departed(FORGET_CONSUMER_AFTER_MS):
-                log.info("sink %s: removed departed consumer %s", self.sink.name, name)
+                log.info("sink %s: removed departed consumer %s", self.label, name)
 
     async def _next_batch(self, stop: asyncio.Event) -> list[StreamEntry]:
         """Entries holding up to ``batch_size`` events: queued ones first, else new ones.
@@ -363,7 +441,7 @@ class SinkConsumer:
         the first arrived. An entry is acknowledged as a whole so it is never split: a batch is
         over the size only when a single entry is.
         """
-        limit = max(1, self.sink.batch_size)
+        limit = self._batch_limit()
         batch: list[StreamEntry] = []
         count = 0
         while self._backlog and (not batch or count + len(self._backlog[0].events) <= limit):
@@ -385,13 +463,14 @@ class SinkConsumer:
                 # Every entry holds at least one event, so this never reads past the limit by
                 # more than the events of multi-event entries.
                 entries = await self.group.read_new(
-                    min(limit - count, MAX_ENTRIES_PER_READ), block_ms=block_ms
+                    self._entries_for(limit - count), block_ms=block_ms
                 )
             except BaseException:
                 # The entries read so far are held: queue them for the next batch, or they
                 # would be skipped as held when the pending list is reloaded.
                 self._backlog.extendleft(reversed(batch))
                 raise
+            self._count_entries(entries)
             if not entries:
                 if not batch:
                     return []  # idle: let the loop look at stop and the reclaim schedule
@@ -427,14 +506,23 @@ class SinkConsumer:
         if not entries:
             return
         ids = [entry.id for entry in entries]
+        # A replayed event's retry window starts again when it was replayed.
+        restarted = {
+            event.message_id: entry.replayed_at
+            for entry in entries
+            if entry.replayed_at is not None
+            for event in entry.events
+        }
+        if self.replay:
+            await self._pace(sum(len(entry.events) for entry in entries), entries, stop)
         events = await self._routed([event for entry in entries for event in entry.events])
         settled = _Settlement()
-        if events and not await self._deliver_until_settled(events, settled, stop):
+        if events and not await self._deliver_until_settled(events, settled, stop, restarted):
             # Stopped during a retry wait: not acknowledged and not dead-lettered, so another
             # consumer (or this one's successor) reclaims the entries once idle long enough.
             log.warning(
                 "sink %s: stopping; %d entries left pending for a later reclaim",
-                self.sink.name,
+                self.label,
                 len(ids),
             )
             return
@@ -444,22 +532,47 @@ class SinkConsumer:
             await self._ack(ids, stop)
         log.debug(
             "sink %s: settled %d entries: %d events delivered, %d dead-lettered",
-            self.sink.name,
+            self.label,
             len(ids),
             len(settled.delivered),
             len(settled.rejected),
         )
 
+    async def _pace(self, count: int, entries: list[StreamEntry], stop: asyncio.Event) -> None:
+        """Hold a replayed batch until the replay's rate allows it, across every worker.
+
+        The events delivered per second are counted in Redis (one key per sink and second), so
+        several workers sharing the replay group stay under the rate together.
+        """
+        rates = [rate for entry in entries if (rate := entry.replay_rate) is not None]
+        self._replay_rate = rate = min(rates) if rates else None
+        if rate is None:
+            return
+        while not stop.is_set():
+            now = time.time()
+            key = f"{self.settings.key_prefix}:replay-rate:{self.sink.name}:{int(now)}"
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.incrby(key, count)
+                pipe.expire(key, 5)
+                used, _ = await pipe.execute()
+            # A batch is never larger than the rate, but one alone in its second always goes.
+            if int(used) <= rate or int(used) == count:
+                return
+            await self.redis.decrby(key, count)
+            await _sleep_unless_stopped(stop, math.ceil(now) - now + 0.001)
+
     async def _routed(self, events: list[Event]) -> list[Event]:
-        """The events this sink takes; the others are skipped (and observers told why)."""
+        """The events this sink takes, as its filters leave them; the others are skipped (and
+        observers told why)."""
         if self._router.takes_everything:
             return events
         taken: list[Event] = []
         skipped: list[Outcome] = []
+        route = self._router.route
         for event in events:
-            reason = self._router.refusal(event)
-            if reason is None:
-                taken.append(event)
+            routed, reason = route(event)
+            if routed is not None:
+                taken.append(routed)
             elif self._observing:
                 skipped.append(self._outcome(event, "skipped", reason=reason))
         if skipped:
@@ -467,16 +580,29 @@ class SinkConsumer:
         return taken
 
     async def _deliver_until_settled(
-        self, events: list[Event], settled: _Settlement, stop: asyncio.Event
+        self,
+        events: list[Event],
+        settled: _Settlement,
+        stop: asyncio.Event,
+        restarted: dict[str, float] | None = None,
     ) -> bool:
         """Deliver ``events``, retrying the ones that fail, until each is delivered or given
-        up on (in ``settled``). Returns False when ``stop`` cut a retry wait short."""
+        up on (in ``settled``). Returns False when ``stop`` cut a retry wait short.
+
+        An event is given up on after ``max_attempts`` attempts (when set), at once for a
+        ``PermanentSinkError``, and once its retry window has passed: the window runs from the
+        event's ``received_at`` (or from its replay, ``restarted``), so it holds across
+        restarts and reclaims. The last attempt is made at the end of the window.
+        """
         pending = events
         attempt = 0
+        restarted = restarted or {}
         while True:
             attempt += 1
             settled.attempts = attempt
             retry_after: float | None = None
+            # Each event's own reason, when the sink said event by event (a report).
+            reasons: dict[str, str] = {}
             try:
                 report = await self._deliver(pending)
             except Exception as caught:  # any failure of the plugin is the sink failing
@@ -491,29 +617,65 @@ class SinkConsumer:
                     return True
                 permanent = False
                 retry_after = report.retry_after if report is not None else None
+                reasons = report.retry if report is not None else {}
                 traceback = None
-            if permanent or attempt >= self.max_attempts:
+            if permanent or (self.max_attempts is not None and attempt >= self.max_attempts):
                 settled.batch_error = error if failed is pending else settled.batch_error
                 for event in failed:
-                    settled.rejected.setdefault(event.message_id, (event, error))
+                    reason = reasons.get(event.message_id, error)
+                    settled.rejected.setdefault(event.message_id, (event, reason))
                 return True
-            delay = self._retry_delay(attempt, retry_after)
+            expiring = failed
+            failed, deadline = self._within_window(failed, restarted, settled, error, reasons)
+            if not failed:
+                if expiring is pending and settled.batch_error is None:
+                    # The whole batch failed together to the end: one reason for all of it.
+                    reasons = {settled.rejected[e.message_id][1] for e in expiring}
+                    settled.batch_error = reasons.pop() if len(reasons) == 1 else None
+                return True
+            delay = min(self._retry_delay(attempt, retry_after), max(0.0, deadline - time.time()))
+            of = f" of {self.max_attempts}" if self.max_attempts is not None else ""
             log.warning(
-                "sink %s: attempt %d of %d failed for %d events: %s; retrying in %.2fs",
-                self.sink.name,
+                "sink %s: attempt %d%s failed for %d events: %s; retrying in %.2fs",
+                self.label,
                 attempt,
-                self.max_attempts,
+                of,
                 len(failed),
                 error,
                 delay,
                 exc_info=traceback,
             )
-            await self._observe(
-                failed, "retried", reason=error, detail=f"attempt {attempt} of {self.max_attempts}"
-            )
+            await self._observe(failed, "retried", reason=error, detail=f"attempt {attempt}{of}")
             pending = failed
             if await self._wait_holding(delay, stop):
                 return False
+
+    def _within_window(
+        self,
+        failed: list[Event],
+        restarted: dict[str, float],
+        settled: _Settlement,
+        error: str,
+        reasons: dict[str, str],
+    ) -> tuple[list[Event], float]:
+        """The failed events still inside their retry window, and the earliest end of those
+        windows; the others are given up on (in ``settled``), with their own last reason
+        (``reasons``, from a report) or the batch's ``error``."""
+        now = time.time()
+        window = self.retry_window
+        keep: list[Event] = []
+        earliest = math.inf
+        for event in failed:
+            start = restarted.get(event.message_id) or event.received_at.timestamp()
+            end = start + window
+            if end <= now:
+                last = reasons.get(event.message_id, error)
+                reason = f"{last} (still failing after the retry window of {_duration(window)})"
+                settled.rejected.setdefault(event.message_id, (event, reason))
+            else:
+                keep.append(event)
+                earliest = min(earliest, end)
+        return keep, earliest
 
     async def _apply_report(
         self, events: list[Event], report: DeliveryReport | None, settled: _Settlement
@@ -582,7 +744,7 @@ class SinkConsumer:
         try:
             await self.group.claim(sorted(self._held))
         except RedisError as error:  # at worst another worker reclaims the batch
-            log.debug("sink %s: could not refresh held entries: %s", self.sink.name, error)
+            log.debug("sink %s: could not refresh held entries: %s", self.label, error)
 
     async def _ack(self, ids: list[str], stop: asyncio.Event) -> None:
         await self._until_done(stop, "XACK", lambda: self.group.ack(ids))
@@ -604,6 +766,7 @@ class SinkConsumer:
             entry_ids=ids,
             failed_at=now_iso(),
             errors=errors,
+            origin="replay" if self.replay else "events",
         )
         fields = dead_letter_fields(letter)
         await self._until_done(
@@ -611,7 +774,7 @@ class SinkConsumer:
         )
         log.error(
             "sink %s: dead-lettered %d events (from %d entries) to %s: %s",
-            self.sink.name,
+            self.label,
             len(events),
             len(ids),
             self.dead_letters,
@@ -633,7 +796,7 @@ class SinkConsumer:
         )
         log.error(
             "sink %s: dead-lettered entry %s to %s: %s",
-            self.sink.name,
+            self.label,
             entry.id,
             self.dead_letters,
             problem,
@@ -674,7 +837,7 @@ class SinkConsumer:
                 )
                 log.warning(
                     "sink %s: %s failed (%s); retrying in %.2fs",
-                    self.sink.name,
+                    self.label,
                     what,
                     _describe(error),
                     delay,
@@ -761,7 +924,12 @@ class Worker:
                 )
             registered = [sink for sink in registered if sink.name in wanted]
         self.sinks: list[Sink] = registered
-        self.consumers = [SinkConsumer(runtime, sink, self.consumer) for sink in self.sinks]
+        # Each sink's events, and its replay stream (events replayed from its dead letters).
+        self.consumers = [
+            SinkConsumer(runtime, sink, self.consumer, replay=replay)
+            for sink in self.sinks
+            for replay in (False, True)
+        ]
         self.workspace_consumers = WorkspaceConsumers(self)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -782,7 +950,7 @@ class Worker:
                 self.consumer,
             )
         tasks = [
-            asyncio.create_task(consumer.run(stop), name=f"signalsmith-sink-{consumer.sink.name}")
+            asyncio.create_task(consumer.run(stop), name=_task_name(consumer))
             for consumer in self.consumers
         ]
         tasks.append(asyncio.create_task(self._trim_forever(stop), name="signalsmith-trim"))
@@ -804,6 +972,10 @@ class Worker:
                 removed = await trim_acknowledged(self.runtime.redis, self.stream)
                 if removed:
                     log.debug("trimmed %d acknowledged entries from %s", removed, self.stream)
+                for name in self._served_names():
+                    await trim_acknowledged(
+                        self.runtime.redis, replay_key(self.runtime.settings.key_prefix, name)
+                    )
                 for name in await retire_removed_destinations(
                     self.runtime.redis, self.stream, self.runtime.workspace, self.registered_names
                 ):
@@ -818,6 +990,17 @@ class Worker:
                 log.warning("trimming %s failed: %s", self.stream, _describe(error))
             if await _sleep_unless_stopped(stop, self.trim_interval):
                 return
+
+    def _served_names(self) -> list[str]:
+        active = self.runtime.workspace.active
+        names = [sink.name for sink in self.sinks]
+        if active is not None:
+            names += [
+                sink.name
+                for sink in active.destinations
+                if self.only is None or sink.name in self.only
+            ]
+        return names
 
     async def _warn_unserved_groups(self, warned: set[str]) -> None:
         """Say once per group when a group has no sink here: it holds trimming back."""
@@ -843,12 +1026,15 @@ class Worker:
 
 class WorkspaceConsumers:
     """The consumers of the workspace's destinations, following the version the process runs:
-    a destination added gets a consumer (its own group and dead letters), a removed one's
-    consumer finishes its batch in flight and stops, a changed one switches between batches."""
+    a destination added gets its consumers (its own group on the events stream and on its
+    replay stream, its dead letters), a removed one's consumers finish their batch in flight
+    and stop, a changed one switches between batches."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
-        self.running: dict[str, tuple[SinkConsumer, asyncio.Event, asyncio.Task[None]]] = {}
+        self.running: dict[
+            str, tuple[list[SinkConsumer], asyncio.Event, list[asyncio.Task[None]]]
+        ] = {}
         self.stopping: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -858,11 +1044,13 @@ class WorkspaceConsumers:
         try:
             await stop.wait()
         finally:
-            tasks = [task for _, _, task in self.running.values()] + list(self.stopping)
-            for _, consumer_stop, task in self.running.values():
+            tasks = [task for _, _, tasks in self.running.values() for task in tasks]
+            tasks += list(self.stopping)
+            for _, consumer_stop, consumer_tasks in self.running.values():
                 consumer_stop.set()
                 if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                    task.cancel()
+                    for task in consumer_tasks:
+                        task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _follow(self, stop: asyncio.Event) -> None:
@@ -873,7 +1061,7 @@ class WorkspaceConsumers:
             for sink in (active.destinations if active is not None else ())
             if only is None or sink.name in only
         }
-        for name, (consumer, consumer_stop, task) in list(self.running.items()):
+        for name, (consumers, consumer_stop, tasks) in list(self.running.items()):
             sink = wanted.get(name)
             if sink is None:
                 log.info(
@@ -882,24 +1070,33 @@ class WorkspaceConsumers:
                     name,
                     active.version if active else "-",
                 )
-                consumer.retire()
+                for consumer in consumers:
+                    consumer.retire()
                 consumer_stop.set()
                 del self.running[name]
-                self.stopping.add(task)
-                task.add_done_callback(self.stopping.discard)
-            elif sink != consumer.sink:
-                consumer.replace_sink(sink)
+                for task in tasks:
+                    self.stopping.add(task)
+                    task.add_done_callback(self.stopping.discard)
+            elif sink != consumers[0].sink:
+                for consumer in consumers:
+                    consumer.replace_sink(sink)
         for name, sink in wanted.items():
             if name in self.running or stop.is_set():
                 continue
-            consumer = SinkConsumer(self.worker.runtime, sink, self.worker.consumer)
+            consumers = [
+                SinkConsumer(self.worker.runtime, sink, self.worker.consumer, replay=replay)
+                for replay in (False, True)
+            ]
             if active is not None:
                 # A destination new to the stream takes events from the version that added it
                 # on, not the backlog collected before it existed.
-                consumer.group_start = active.stream_position
+                consumers[0].group_start = active.stream_position
             consumer_stop = asyncio.Event()
-            task = asyncio.create_task(consumer.run(consumer_stop), name=f"signalsmith-sink-{name}")
-            self.running[name] = (consumer, consumer_stop, task)
+            tasks = [
+                asyncio.create_task(consumer.run(consumer_stop), name=_task_name(consumer))
+                for consumer in consumers
+            ]
+            self.running[name] = (consumers, consumer_stop, tasks)
             log.info(
                 "worker %s: delivering to destination %s (type %s, plugin %s) of workspace "
                 "version %d",
@@ -909,6 +1106,10 @@ class WorkspaceConsumers:
                 sink.plugin,
                 active.version if active else 0,
             )
+
+
+def _task_name(consumer: SinkConsumer) -> str:
+    return f"signalsmith-{'replay' if consumer.replay else 'sink'}-{consumer.sink.name}"
 
 
 def run_worker(settings: Settings, only: Sequence[str] | None = None) -> None:

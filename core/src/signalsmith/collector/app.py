@@ -31,6 +31,7 @@ from signalsmith.collector.health import Companion, Health, HealthCheck, Readine
 from signalsmith.collector.http import ErrorBody, error_bytes, send_json
 from signalsmith.collector.ingest import INGEST_ROUTES, METRICS_PATH, make_ingest_handler
 from signalsmith.config import Settings
+from signalsmith.dlq_api import dead_letter_routes
 from signalsmith.gc_tuning import tune_gc
 from signalsmith.hooks import Hooks
 from signalsmith.parsing import offered_write_keys
@@ -242,7 +243,12 @@ def create_app(
     hooks = Hooks(pm)
     handlers: list[Any] = [ingest, healthz, readyz, list_plugins, browser_settings]
     handlers += hooks.routes()
-    admin_handlers: list[Any] = [admin_status, *workspace_routes(), *hooks.admin_routes()]
+    admin_handlers: list[Any] = [
+        admin_status,
+        *workspace_routes(),
+        *dead_letter_routes(),
+        *hooks.admin_routes(),
+    ]
     handlers.append(
         Router(
             path=ADMIN_PATH,

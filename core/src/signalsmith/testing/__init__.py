@@ -11,6 +11,7 @@ from __future__ import annotations
 from signalsmith.cli import build_cli
 from signalsmith.embedded import RedisServerProcess, free_port
 from signalsmith.plugins import plugin_infos
+from signalsmith.testing.destinations import Forwarding, forwarding, write_key
 from signalsmith.testing.factories import alias, group, identify, message_id, page, screen, track
 from signalsmith.testing.harness import (
     RunningWorker,
@@ -22,11 +23,14 @@ from signalsmith.testing.harness import (
     runtime_for,
 )
 from signalsmith.testing.plugins import StaticKeys, capture_sink_plugin
-from signalsmith.testing.receiver import Receiver
+from signalsmith.testing.receiver import Received, Receiver, Reply
 
 __all__ = [
+    "Forwarding",
+    "Received",
     "Receiver",
     "RedisServerProcess",
+    "Reply",
     "RunningWorker",
     "StaticKeys",
     "alias",
@@ -35,6 +39,7 @@ __all__ = [
     "collector_app",
     "collector_client",
     "free_port",
+    "forwarding",
     "group",
     "identify",
     "message_id",
@@ -46,4 +51,5 @@ __all__ = [
     "runtime_for",
     "screen",
     "track",
+    "write_key",
 ]

@@ -151,9 +151,12 @@ def build_active(
                 batch_size=instance.batch_size,
                 max_wait_seconds=instance.max_wait_seconds,
                 max_attempts=instance.max_attempts,
+                retry_window_seconds=instance.retry_window_seconds,
                 routing=msgspec.structs.replace(
                     instance.routing, sources=frozenset(listed_by[name])
                 ),
+                # Compiled once per version, when the document was checked.
+                mapping=instance.event_mapping,
             )
         )
 

@@ -57,12 +57,19 @@ def _components(document: WorkspaceDocument | None) -> dict[tuple[str, str], Any
             "description": destination.description,
             "routing": {
                 "types": list(routing.types),
+                "deny_types": list(routing.deny_types),
                 "events": list(routing.events),
+                "deny_events": list(routing.deny_events),
+                "if": routing.condition,
                 "consent": list(routing.consent),
+                "filters": msgspec.to_builtins(routing.filters),
             },
+            "mapping": destination.mapping,
+            "mappings": list(destination.mappings),
             "batch_size": destination.batch_size,
             "max_wait_seconds": destination.max_wait_seconds,
             "max_attempts": destination.max_attempts,
+            "retry_window_seconds": destination.retry_window_seconds,
         }
     for name, settings in document.sections.items():
         found[name, ""] = msgspec.to_builtins(settings)

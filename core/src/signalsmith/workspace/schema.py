@@ -111,7 +111,14 @@ def workspace_schema(registry: Registry) -> dict[str, Any]:
     routing = schemas.of("core", RoutingSpec)
     delivery = {
         field: schemas.of("core", _field_type(field))
-        for field in ("batch_size", "max_wait_seconds", "max_attempts")
+        for field in (
+            "mapping",
+            "mappings",
+            "batch_size",
+            "max_wait_seconds",
+            "max_attempts",
+            "retry_window_seconds",
+        )
     }
     destinations = [
         _instance(

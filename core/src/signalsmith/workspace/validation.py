@@ -15,11 +15,16 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from signalsmith.fql import FqlError
+from signalsmith.fql import parse as parse_condition
 from signalsmith.hooks import Hooks
+from signalsmith.mapping import MappingInvalid, build_event_mapping
 from signalsmith.records import (
     CORE_SECTIONS,
     CORE_SOURCE_FIELDS,
+    DestinationFilter,
     DestinationType,
+    FilterAction,
     Routing,
     Sink,
     TransformType,
@@ -115,10 +120,72 @@ class Registry(msgspec.Struct, frozen=True, kw_only=True):
 # --- the core's parts, as written -------------------------------------------------------------
 
 
+# Segment's action names, and the older ones its filters still answer to.
+FILTER_ACTION_NAMES = {
+    "DROP": "DROP",
+    "DROP_PROPERTIES": "DROP_PROPERTIES",
+    "ALLOW_PROPERTIES": "ALLOW_PROPERTIES",
+    "SAMPLE": "SAMPLE",
+    "drop_event": "DROP",
+    "sample_event": "SAMPLE",
+    "blocklist_fields": "DROP_PROPERTIES",
+    "whitelist_fields": "ALLOW_PROPERTIES",
+}
+FilterActionName = Literal[
+    "DROP",
+    "DROP_PROPERTIES",
+    "ALLOW_PROPERTIES",
+    "SAMPLE",
+    "drop_event",
+    "sample_event",
+    "blocklist_fields",
+    "whitelist_fields",
+]
+
+
+class FilterActionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``DestinationFilterActionV1``: ``fields`` for the property actions, ``percent`` (and
+    ``path``) for ``SAMPLE``."""
+
+    type: FilterActionName
+    fields: dict[str, list[str]] | None = None
+    percent: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    path: str | None = None
+
+
+class FilterSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A destination filter as Segment's Public API gives it (``DestinationFilterV1``); its
+    ids and times are accepted and ignored, ``sourceId``/``source`` names a source here."""
+
+    condition: str = msgspec.field(name="if")
+    actions: list[FilterActionSpec]
+    title: str = ""
+    description: str = ""
+    enabled: bool = True
+    source: str | None = None
+    source_id: str | None = msgspec.field(default=None, name="sourceId")
+    id: str | None = None
+    destination_id: str | None = msgspec.field(default=None, name="destinationId")
+    created_at: str | None = msgspec.field(default=None, name="createdAt")
+    updated_at: str | None = msgspec.field(default=None, name="updatedAt")
+
+
 class RoutingSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     types: tuple[MessageType, ...] = ()
+    deny_types: tuple[MessageType, ...] = ()
     events: tuple[str, ...] = ()
+    deny_events: tuple[str, ...] = ()
+    condition: str | None = msgspec.field(default=None, name="if")
     consent: tuple[str, ...] = ()
+    filters: list[FilterSpec] = []
+
+
+class TriggeredMappingSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A mapping for the events its FQL ``trigger`` matches (Segment's subscription)."""
+
+    trigger: str
+    mapping: Any
+    name: str = ""
 
 
 class DestinationSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -126,9 +193,14 @@ class DestinationSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     settings: dict[str, Any] | None = None
     description: str = ""
     routing: RoutingSpec | None = None
+    # Mappings by message type (overriding the type's defaults), and triggered mappings.
+    mapping: dict[MessageType, Any] = {}
+    mappings: list[TriggeredMappingSpec] = []
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 500
     max_wait_seconds: Annotated[float, msgspec.Meta(ge=0, le=300)] = 1.0
-    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 6
+    # None: no attempt limit, the retry window decides.
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
+    retry_window_seconds: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] | None = None
 
 
 class TransformSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -208,6 +280,7 @@ class _Checker:
         transforms = self.transforms(value.get("transforms"))
         destinations = self.destinations(value.get("destinations"))
         sources = self.sources(value.get("sources"), transforms, destinations)
+        self.filter_sources(destinations, sources)
         plugin_sections = {}
         for name, section in sections.items():
             if name in value and section.settings is not None:
@@ -304,21 +377,129 @@ class _Checker:
             )
             if settings is _INVALID:
                 continue
-            routing = spec.routing or RoutingSpec()
+            routing = self.routing(spec.routing or RoutingSpec(), (*path, "routing"))
+            try:
+                event_mapping = build_event_mapping(
+                    kind.mappings,
+                    spec.mapping,
+                    [
+                        (m.name or f"mapping {i + 1}", m.trigger, m.mapping)
+                        for i, m in enumerate(spec.mappings)
+                    ],
+                )
+            except MappingInvalid as invalid:
+                for problem in invalid.problems:
+                    self.report((*path, *problem.path), problem.message)
+                continue
+            if routing is None:
+                continue
             found[name] = WorkspaceDestination(
                 name=name,
                 type=kind.name,
                 settings=settings,
                 written=spec.settings or {},
                 description=spec.description,
-                routing=Routing(
-                    types=routing.types, events=routing.events, consent=routing.consent
-                ),
+                routing=routing,
                 batch_size=spec.batch_size,
                 max_wait_seconds=spec.max_wait_seconds,
                 max_attempts=spec.max_attempts,
+                retry_window_seconds=spec.retry_window_seconds,
+                mapping=dict(spec.mapping),
+                mappings=tuple(msgspec.to_builtins(m) for m in spec.mappings),
+                event_mapping=event_mapping,
             )
         return found
+
+    def routing(self, spec: RoutingSpec, path: Path) -> Routing | None:
+        """The routing record of ``spec``, with every FQL condition parsed (None if any is
+        wrong, each reported at its path)."""
+        good = True
+        if spec.condition is not None and not self.condition(spec.condition, (*path, "if")):
+            good = False
+        filters: list[DestinationFilter] = []
+        for index, written in enumerate(spec.filters):
+            where: Path = (*path, "filters", index)
+            if not self.condition(written.condition, (*where, "if")):
+                good = False
+            actions = []
+            for number, action in enumerate(written.actions):
+                checked = self.filter_action(action, (*where, "actions", number))
+                if checked is None:
+                    good = False
+                else:
+                    actions.append(checked)
+            if not written.actions:
+                self.report((*where, "actions"), "a filter needs at least one action")
+                good = False
+            filters.append(
+                DestinationFilter(
+                    condition=written.condition,
+                    actions=tuple(actions),
+                    title=written.title,
+                    source=written.source or written.source_id,
+                    enabled=written.enabled,
+                )
+            )
+        if not good:
+            return None
+        return Routing(
+            types=spec.types,
+            deny_types=spec.deny_types,
+            events=spec.events,
+            deny_events=spec.deny_events,
+            condition=spec.condition,
+            consent=spec.consent,
+            filters=tuple(filters),
+        )
+
+    def filter_sources(
+        self, destinations: dict[str, WorkspaceDestination], sources: dict[str, WorkspaceSource]
+    ) -> None:
+        for name, destination in destinations.items():
+            for index, written in enumerate(destination.routing.filters):
+                if written.source is not None and written.source not in sources:
+                    self.report(
+                        ("destinations", name, "routing", "filters", index, "source"),
+                        f"source {written.source!r} is not declared (declared: "
+                        f"{', '.join(sorted(sources)) or 'none'})",
+                    )
+
+    def condition(self, text: str, path: Path) -> bool:
+        try:
+            parse_condition(text)
+        except FqlError as error:
+            self.report(path, f"not a valid FQL condition: {error}")
+            return False
+        return True
+
+    def filter_action(self, action: FilterActionSpec, path: Path) -> FilterAction | None:
+        kind = FILTER_ACTION_NAMES[action.type]
+        if kind == "SAMPLE":
+            if action.percent is None:
+                self.report(path, "a SAMPLE action needs `percent` (0-1): the share of events kept")
+                return None
+            if action.path is not None and not self.condition(action.path, (*path, "path")):
+                return None
+        elif action.percent is not None or action.path is not None:
+            self.report(path, f"only SAMPLE takes `percent` and `path`, not {kind}")
+            return None
+        if kind in ("DROP_PROPERTIES", "ALLOW_PROPERTIES"):
+            if not action.fields:
+                self.report(
+                    path,
+                    f"{kind} needs `fields`: object paths and their keys, e.g. "
+                    '{"properties": ["email"], "": ["userId"]}',
+                )
+                return None
+        elif action.fields:
+            self.report(path, f"{kind} takes no `fields`")
+            return None
+        return FilterAction(
+            type=kind,  # type: ignore[arg-type]
+            fields={key: tuple(keys) for key, keys in (action.fields or {}).items()},
+            percent=action.percent,
+            path=action.path,
+        )
 
     def settings(self, written: dict[str, Any] | None, kind: Any, path: Path, what: str) -> Any:
         if kind is None:
