@@ -1,0 +1,166 @@
+"""Events and raw messages as the debugger keeps them: JSON, write keys hidden, size capped.
+
+The pipeline never puts a write key in an event, but what a client sent may hold one (a single
+message's body carries ``writeKey``; anyone may put one in ``properties``): every field named
+``writeKey`` or ``write_key``, at any depth, is shown as ``"(hidden)"``. A payload past the cap
+is shortened step by step (long strings cut, long lists and objects abridged, deep nesting cut
+off) until it fits, and marked truncated; its full size is kept beside it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import msgspec
+
+from signalsmith import Event, Page, Screen, Track
+
+HIDDEN = "(hidden)"
+WRITE_KEY_FIELDS = frozenset({"writeKey", "write_key"})
+# Cheap test on the encoded bytes before walking anything: both names contain these.
+_WRITE_KEY_MARKS = (b"riteKey", b"rite_key")
+# Summary fields (event names, user ids) are client strings: shown this long at most.
+SUMMARY_CHARS = 200
+# The limits a too-large payload is shortened with, tried in turn until it fits:
+# (characters per string, items per list, keys per object, depth).
+_SHORTENINGS = ((512, 50, 100, 12), (128, 10, 30, 6), (48, 3, 12, 3))
+
+_json = msgspec.json.Encoder()
+_decode = msgspec.json.Decoder()
+
+
+class Shown(NamedTuple):
+    """A payload as kept: its JSON (at most the cap), its full size, whether it was shortened."""
+
+    data: bytes
+    size: int
+    truncated: bool
+
+
+class Summary(NamedTuple):
+    """What lists and filters show of an event: type, name, user."""
+
+    type: str | None
+    event: str | None
+    user_id: str | None
+    anonymous_id: str | None
+
+
+def event_payload(event: Event, cap: int) -> Shown:
+    """The event as JSON (its wire form), write keys hidden, at most ``cap`` bytes."""
+    data = _json.encode(event)
+    if len(data) <= cap and not _may_hold_write_key(data):
+        return Shown(data, len(data), False)
+    return _fit(msgspec.to_builtins(event), len(data), cap)
+
+
+def message_payload(raw: bytes, cap: int) -> tuple[Shown, Any]:
+    """A raw message (refused before it became an event) as JSON, write keys hidden, capped;
+    and its decoded value (for the summary), or None when it is not JSON."""
+    try:
+        value = _decode.decode(raw)
+    except msgspec.DecodeError:
+        # Not JSON: shown as the text it was (as far as the cap allows).
+        text = raw.decode("utf-8", errors="replace")
+        return _fit(text, len(raw), cap), None
+    if len(raw) <= cap and not _may_hold_write_key(raw):
+        return Shown(bytes(raw), len(raw), False), value
+    return _fit(value, len(raw), cap), value
+
+
+def event_summary(event: Event) -> Summary:
+    name: str | None = None
+    if isinstance(event, Track):
+        name = event.event
+    elif isinstance(event, Page | Screen):
+        name = event.name
+    return Summary(
+        type=event.type,
+        event=_short(name),
+        user_id=_short(event.user_id),
+        anonymous_id=_short(event.anonymous_id),
+    )
+
+
+def message_summary(value: Any, path_type: str | None = None) -> tuple[Summary, str | None]:
+    """The summary of a raw message (a decoded JSON value), and its messageId when it has one."""
+    if not isinstance(value, dict):
+        return Summary(path_type, None, None, None), None
+    kind = value.get("type")
+    kind = kind if isinstance(kind, str) else path_type
+    name = value.get("event") if kind == "track" else value.get("name")
+    message_id = value.get("messageId")
+    return (
+        Summary(
+            type=_short(kind),
+            event=_short(name),
+            user_id=_short(_identity(value.get("userId"))),
+            anonymous_id=_short(_identity(value.get("anonymousId"))),
+        ),
+        message_id if isinstance(message_id, str) else None,
+    )
+
+
+def shorten(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}… (+{len(text) - limit} characters)"
+
+
+def _short(value: Any) -> str | None:
+    return shorten(value, SUMMARY_CHARS) if isinstance(value, str) else None
+
+
+def _identity(value: Any) -> Any:
+    # Segment accepts numeric user ids; the pipeline reads them as strings too.
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+def _may_hold_write_key(data: bytes) -> bool:
+    return any(mark in data for mark in _WRITE_KEY_MARKS)
+
+
+def _fit(value: Any, size: int, cap: int) -> Shown:
+    """``value`` with write keys hidden, shortened until its JSON fits ``cap``."""
+    hidden = _hide_write_keys(value)
+    data = _json.encode(hidden)
+    if len(data) <= cap:
+        return Shown(data, size, False)
+    for limits in _SHORTENINGS:
+        data = _json.encode(_abridge(hidden, *limits))
+        if len(data) <= cap:
+            return Shown(data, size, True)
+    # Nothing smaller keeps the shape: say what it was.
+    return Shown(_json.encode({"(truncated)": f"{size} bytes, too large to show"}), size, True)
+
+
+def _hide_write_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: HIDDEN if key in WRITE_KEY_FIELDS else _hide_write_keys(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_hide_write_keys(item) for item in value]
+    return value
+
+
+def _abridge(value: Any, chars: int, items: int, keys: int, depth: int) -> Any:
+    if isinstance(value, str):
+        return shorten(value, chars)
+    if depth <= 0 and isinstance(value, dict | list):
+        return f"… ({'object' if isinstance(value, dict) else 'list'} nested too deep to show)"
+    if isinstance(value, dict):
+        kept = {
+            shorten(key, chars): _abridge(item, chars, items, keys, depth - 1)
+            for key, item in list(value.items())[:keys]
+        }
+        if len(value) > keys:
+            kept["…"] = f"{len(value) - keys} more keys"
+        return kept
+    if isinstance(value, list):
+        kept_items = [_abridge(item, chars, items, keys, depth - 1) for item in value[:items]]
+        if len(value) > items:
+            kept_items.append(f"… {len(value) - items} more items")
+        return kept_items
+    return value

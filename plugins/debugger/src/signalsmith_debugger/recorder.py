@@ -1,0 +1,309 @@
+"""The observer: what every stage did, written to Redis off the request path.
+
+``observe_outcomes`` only appends the outcome list to an in-process queue (bounded: past
+``queue_max_outcomes`` new outcomes are counted and not kept), so a request pays a list append.
+A flusher task wakes once outcomes wait, lets ``flush_seconds`` of them gather, turns them into
+``Record``s and writes them with one Redis pipeline: per source, live stream entries; per
+messageId, one trace member holding its records of the flush (the normalise and buffer records of
+a request usually share one). An event's JSON is kept where it was first seen and wherever a
+stage changed it (a new object), so a trace shows what a transform or a contract did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+import msgspec
+from redis.exceptions import RedisError
+
+from signalsmith import Event, Outcome
+from signalsmith_debugger.config import DebuggerConfig
+from signalsmith_debugger.masking import SecretMask
+from signalsmith_debugger.payloads import (
+    Summary,
+    event_payload,
+    event_summary,
+    message_payload,
+    message_summary,
+    shorten,
+)
+from signalsmith_debugger.records import FAILURE_STATUSES, NO_SOURCE, Record, record_encoder
+from signalsmith_debugger.store import (
+    MEMBER_OVERHEAD,
+    DebuggerKeys,
+    MemberWriter,
+    SliceCursor,
+)
+
+if TYPE_CHECKING:
+    from signalsmith import Runtime
+
+log = logging.getLogger("signalsmith.debugger")
+
+# A messageId longer than the core accepts cannot be an event's: not traced.
+MAX_TRACED_ID_CHARS = 100
+REASON_CHARS = 1000
+DETAIL_CHARS = 2000
+# Stages before normalisation: a message refused there arrived, and counts as an event received.
+ARRIVAL_STAGES = frozenset({"normalise", "parse", "authenticate", "admit"})
+# Events whose payload this process recorded, by messageId, until their buffer outcome: a bound
+# for requests that never reach it (a client gone mid-request).
+MAX_REMEMBERED = 50_000
+# Redis errors are logged at most this often.
+WARN_EVERY_SECONDS = 30.0
+_EMPTY = Summary(None, None, None, None)
+
+
+class Flush(msgspec.Struct, kw_only=True):
+    """One flush's records, by source (live) and by messageId (traces)."""
+
+    by_source: dict[str, list[Record]] = {}
+    by_message: dict[str, list[Record]] = {}
+
+
+class Recorder:
+    """Queues outcomes on the request path and writes them to Redis from a task of its own."""
+
+    def __init__(self, runtime: Runtime, config: DebuggerConfig) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.keys = DebuggerKeys.of(runtime)
+        self.role = runtime.role
+        self._queue: deque[tuple[float, list[Outcome]]] = deque()
+        self._queued = 0
+        # Outcomes not kept (queue full, or Redis failing), not yet reported to Redis.
+        self._unrecorded = 0
+        self.unrecorded_total = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._remembered: dict[str, Event] = {}
+        self._cursor = SliceCursor(config)
+        self._members = MemberWriter()
+        self._mask = SecretMask(runtime)
+        self._sink_kinds: dict[str, str] = {}
+        self._warned_at = 0.0
+        self.flushes = 0
+
+    # -- the request path --
+
+    def take(self, outcomes: list[Outcome]) -> None:
+        """Queue ``outcomes`` for the next flush (the observer hook; never waits)."""
+        count = len(outcomes)
+        if self._queued + count > self.config.queue_max_outcomes:
+            self._unrecorded += count  # reported by the next flush
+        else:
+            self._queue.append((time.time(), outcomes))
+            self._queued += count
+        if not self._wake.is_set():
+            self._wake.set()
+
+    # -- the flusher --
+
+    async def start(self) -> None:
+        try:
+            names = [
+                name.decode() if isinstance(name, bytes) else name
+                for name in await self.runtime.redis.hkeys(self.keys.slices)
+            ]
+        except RedisError as error:
+            log.warning("debugger: cannot read the trace slices yet: %s", error)
+            names = []
+        self._cursor.resume(names, time.time())
+        self._task = asyncio.create_task(self._run(), name="debugger-recorder")
+
+    async def stop(self) -> None:
+        """Write what is queued, then stop."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self.flush()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            # Let a flush's worth gather: one pipeline for many requests.
+            await asyncio.sleep(self.config.flush_seconds)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write everything queued now (one pipeline)."""
+        self._wake.clear()
+        taken = list(self._queue)
+        self._queue.clear()
+        self._queued = 0
+        unrecorded, self._unrecorded = self._unrecorded, 0
+        if not taken and not unrecorded:
+            return
+        built = self.build(taken)
+        try:
+            await self._write(built, unrecorded)
+        except (RedisError, OSError) as error:
+            lost = sum(len(outcomes) for _, outcomes in taken)
+            self._unrecorded += lost + unrecorded
+            now = time.monotonic()
+            if now - self._warned_at > WARN_EVERY_SECONDS:
+                self._warned_at = now
+                log.warning("debugger: %d outcomes not recorded (Redis: %s)", lost, error)
+        except Exception:
+            log.exception("debugger: a flush failed")
+        self.flushes += 1
+
+    # -- outcomes into records --
+
+    def build(self, taken: list[tuple[float, list[Outcome]]]) -> Flush:
+        flush = Flush(by_source={}, by_message={})
+        for at, outcomes in taken:
+            for outcome in outcomes:
+                record = self.record(at, outcome)
+                flush.by_source.setdefault(record.source_id, []).append(record)
+                if record.message_id is not None:
+                    flush.by_message.setdefault(record.message_id, []).append(record)
+        return flush
+
+    def record(self, at: float, outcome: Outcome) -> Record:
+        """One outcome as the debugger keeps it."""
+        config = self.config
+        message_id = outcome.message_id
+        event = outcome.event
+        payload = None
+        summary = _EMPTY
+        if event is not None:
+            summary = event_summary(event)
+            if outcome.stage != "deliver" and message_id is not None:
+                payload = self._changed_payload(message_id, event, outcome)
+        elif outcome.payload is not None:
+            payload, value = message_payload(outcome.payload, config.payload_bytes)
+            summary, written_id = message_summary(value)
+            if message_id is None and written_id and len(written_id) <= MAX_TRACED_ID_CHARS:
+                message_id = written_id  # refused before normalisation: traced by its own id
+        mask = self._mask
+        return Record(
+            at=at,
+            stage=outcome.stage,
+            status=outcome.status,
+            message_id=message_id,
+            source_id=outcome.source_id or NO_SOURCE,
+            type=summary.type,
+            event=summary.event,
+            user_id=summary.user_id,
+            anonymous_id=summary.anonymous_id,
+            reason=mask(shorten(outcome.reason, REASON_CHARS)),
+            detail=mask(shorten(outcome.detail, DETAIL_CHARS)),
+            sink=outcome.sink,
+            sink_kind=self._sink_kind(outcome.sink) if outcome.sink else None,
+            role=self.role,
+            payload=payload.data if payload is not None else None,
+            payload_size=payload.size if payload is not None else 0,
+            payload_truncated=payload.truncated if payload is not None else False,
+        )
+
+    def _changed_payload(self, message_id: str, event: Event, outcome: Outcome):  # type: ignore[no-untyped-def]
+        """The event's JSON when this process has not recorded this very object for it yet."""
+        remembered = self._remembered
+        payload = None
+        if remembered.get(message_id) is not event:
+            payload = event_payload(event, self.config.payload_bytes)
+            remembered[message_id] = event
+            if len(remembered) > MAX_REMEMBERED:
+                del remembered[next(iter(remembered))]
+        if outcome.stage == "buffer" or outcome.status in ("rejected", "dropped"):
+            remembered.pop(message_id, None)  # the end of its way through this collector
+        return payload
+
+    def _sink_kind(self, name: str) -> str:
+        kind = self._sink_kinds.get(name)
+        if kind is None:
+            kind = next(
+                (sink.kind for sink in self.runtime.sinks if sink.name == name), "destination"
+            )
+            self._sink_kinds[name] = kind
+        return kind
+
+    # -- records into Redis --
+
+    async def _write(self, flush: Flush, unrecorded: int) -> None:
+        config = self.config
+        keys = self.keys
+        now = time.time()
+        slice_name = None
+        slice_total_at = -1
+        async with self.runtime.redis.pipeline(transaction=False) as pipe:
+            for source, records in flush.by_source.items():
+                live = keys.live(source)
+                per_entry = config.live_records_per_entry
+                for start in range(0, len(records), per_entry):
+                    chunk = records[start : start + per_entry]
+                    pipe.xadd(
+                        live,
+                        _live_fields(chunk),
+                        maxlen=config.live_max_entries,
+                        approximate=True,
+                    )
+                pipe.expire(live, config.live_seconds * 2)
+            if flush.by_source:
+                pipe.hset(keys.sources, mapping=dict.fromkeys(flush.by_source, int(now)))
+            if flush.by_message:
+                slice_name = self._cursor.current(now)
+                members: dict[bytes, int] = {}
+                accounted = 0
+                for message_id, records in flush.by_message.items():
+                    member = self._members.member(
+                        message_id, records[0].at, record_encoder.encode(records)
+                    )
+                    members[member] = 0
+                    accounted += len(member) + MEMBER_OVERHEAD
+                slice_key = keys.slice(slice_name)
+                pipe.zadd(slice_key, members)
+                # Kept past the retention by one slice, so its first member is kept that long.
+                keep = config.trace_seconds + 2 * config.slice_seconds
+                pipe.expire(slice_key, keep)
+                slice_total_at = len(pipe.command_stack)
+                pipe.hincrby(keys.slices, slice_name, accounted)
+                pipe.expire(keys.slices, keep)
+            if unrecorded:
+                pipe.hincrby(keys.unrecorded, self.role, unrecorded)
+                pipe.expire(keys.unrecorded, config.live_seconds * 2)
+            replies = await pipe.execute()
+        if unrecorded:
+            self.unrecorded_total += unrecorded
+            log.warning(
+                "debugger: %d outcomes were not recorded (queue full at %d)",
+                unrecorded,
+                config.queue_max_outcomes,
+            )
+        if slice_name is not None:
+            self._cursor.accounted(slice_name, int(replies[slice_total_at]))
+
+
+def _live_fields(records: list[Record]) -> dict[str, bytes | int]:
+    """A live entry: the records without their payloads (the trace has them), except for
+    messages no trace can hold (no messageId), and the counts the chart draws."""
+    listed = [
+        msgspec.structs.replace(record, payload=None, payload_size=0, payload_truncated=False)
+        if record.payload is not None and record.message_id is not None
+        else record
+        for record in records
+    ]
+    received = violations = failures = 0
+    for record in records:
+        if record.stage in ARRIVAL_STAGES and record.status in ("accepted", "rejected"):
+            received += 1
+        if record.status == "violation":
+            violations += 1
+        if record.status in FAILURE_STATUSES:
+            failures += 1
+    return {
+        "r": record_encoder.encode(listed),
+        "n": len(records),
+        "e": received,
+        "v": violations,
+        "f": failures,
+    }

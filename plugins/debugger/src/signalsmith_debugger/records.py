@@ -1,0 +1,134 @@
+"""What the debugger stores and serves: one ``Record`` per outcome, and the views built of them.
+
+A ``Record`` is what one stage did to one event (or to a message that never became one), as the
+recorder wrote it: compact (msgpack, fields by position) because every event of every source
+leaves several. The API and the page get ``RecordView`` (JSON, named fields) and ``Trace``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+
+# The pseudo-source of requests refused before a write key named one (401s, unreadable
+# bodies): only the admin token sees it.
+NO_SOURCE = "-"
+
+# What the live filter calls each outcome status; `failed` is a delivery that did not succeed.
+STATUS_FILTERS = {
+    "rejected": frozenset({"rejected"}),
+    "violated": frozenset({"violation"}),
+    "dropped": frozenset({"dropped"}),
+    "failed": frozenset({"retried", "dead_lettered"}),
+}
+StatusFilter = Literal["rejected", "violated", "dropped", "failed"]
+
+# Counted for the live chart: events received, contract violations, failures.
+FAILURE_STATUSES = frozenset({"rejected", "retried", "dead_lettered"})
+
+
+class Record(msgspec.Struct, array_like=True, omit_defaults=True, kw_only=True):
+    """One outcome, as stored (in a live entry, and in the event's trace)."""
+
+    # Unix time (seconds) the outcome was observed.
+    at: float
+    stage: str
+    status: str
+    message_id: str | None
+    source_id: str
+    # The event, summarised for filters and lists (client-supplied strings, shortened).
+    type: str | None = None
+    event: str | None = None
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+    sink: str | None = None
+    sink_kind: str | None = None
+    # The process that observed it: collector, worker or embedded.
+    role: str = ""
+    # The event (or the raw message) as JSON, at the stages where it was first seen or changed;
+    # shortened past the payload cap (then ``payload_size`` is its full size).
+    payload: bytes | None = None
+    payload_size: int = 0
+    payload_truncated: bool = False
+
+
+record_encoder = msgspec.msgpack.Encoder()
+records_decoder = msgspec.msgpack.Decoder(list[Record])
+
+
+class RecordView(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
+    """A record as the API and the page show it."""
+
+    at: datetime
+    stage: str
+    status: str
+    message_id: str | None
+    source_id: str
+    type: str | None = None
+    event: str | None = None
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+    sink: str | None = None
+    sink_kind: str | None = None
+    role: str = ""
+    payload: msgspec.Raw | None = None
+    payload_size: int = 0
+    payload_truncated: bool = False
+
+
+def view(record: Record, *, with_payload: bool = True) -> RecordView:
+    return RecordView(
+        at=datetime.fromtimestamp(record.at, UTC),
+        stage=record.stage,
+        status=record.status,
+        message_id=record.message_id,
+        source_id=record.source_id,
+        type=record.type,
+        event=record.event,
+        user_id=record.user_id,
+        anonymous_id=record.anonymous_id,
+        reason=record.reason,
+        detail=record.detail,
+        sink=record.sink,
+        sink_kind=record.sink_kind,
+        role=record.role,
+        payload=msgspec.Raw(record.payload) if with_payload and record.payload else None,
+        payload_size=record.payload_size if with_payload else 0,
+        payload_truncated=record.payload_truncated if with_payload else False,
+    )
+
+
+class SinkFate(msgspec.Struct, kw_only=True, rename="camel"):
+    """Where one sink stands with the event: its last word, and how many attempts failed."""
+
+    sink: str
+    kind: str
+    status: Literal["delivered", "retrying", "dead_lettered", "skipped"]
+    failed_attempts: int = 0
+    reason: str | None = None
+    at: datetime
+
+
+class Trace(msgspec.Struct, kw_only=True, rename="camel"):
+    """One messageId's whole path, in time order, and the answer to "where did it go?"."""
+
+    message_id: str
+    source_ids: list[str]
+    type: str | None
+    event: str | None
+    user_id: str | None
+    anonymous_id: str | None
+    # One sentence: buffered and delivered, rejected and why, dropped and by what.
+    summary: str
+    sinks: list[SinkFate]
+    steps: list[RecordView]
+    # How long traces are kept, and the oldest moment a trace is still kept from (the memory cap
+    # may have evicted older ones).
+    retention_seconds: int
+    kept_since: datetime | None = None

@@ -1,0 +1,255 @@
+"""Where the debugger keeps things in Redis, and how traces are laid out, read and capped.
+
+Keys (``P`` is ``SIGNALSMITH_KEY_PREFIX``):
+
+- ``P:debugger:live:<source>``: a stream per source (``-`` for requests refused before a source
+  was known), one entry per flush of a process with up to ``live_records_per_entry`` records
+  (msgpack, payloads left out), capped by ``XADD MAXLEN ~`` and trimmed to the live window
+  (``XTRIM MINID ~``) by the janitor. ``P:debugger:sources`` maps each source to when it was
+  last seen.
+- ``P:debugger:trace:<slice>``: a sorted set per slice of time, one member per messageId and
+  flush: the messageId (length-prefixed), the time and writer, then its records. All scores are
+  0, so a messageId's members are found by lexical range in every slice. A slice closes after
+  ``slice_seconds`` or once it holds 1/16 of the cap; ``P:debugger:trace-slices`` maps each
+  slice to the bytes accounted to it.
+- The janitor (any one process at a time) drops slices past the retention and, while the
+  accounted total is above ``trace_max_bytes``, the oldest slice: the cap holds, evicting
+  oldest first, at most about 1/16 of what is kept at a time.
+- ``P:debugger:tokens``: scoped viewer tokens, by SHA-256 (``access``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+
+from signalsmith_debugger.config import DebuggerConfig
+from signalsmith_debugger.records import Record, records_decoder
+
+if TYPE_CHECKING:
+    from signalsmith import Runtime
+
+log = logging.getLogger("signalsmith.debugger")
+
+# Redis memory per trace member beyond its own bytes (a sorted-set skiplist node, its dict
+# entry, the string's header and the allocator's rounding), measured on Redis 7.0 with members
+# of 100 to 2,000 bytes (tests/test_store.py::test_accounting_covers_redis_memory holds it).
+MEMBER_OVERHEAD = 96
+# A member's header after the messageId: time (µs), writer, sequence.
+_STAMP_BYTES = 16
+
+
+class DebuggerKeys:
+    """The plugin's Redis keys under one deployment's prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = f"{prefix}:debugger"
+        self.sources = f"{self.prefix}:sources"
+        self.slices = f"{self.prefix}:trace-slices"
+        self.janitor = f"{self.prefix}:janitor"
+        self.tokens = f"{self.prefix}:tokens"
+        self.unrecorded = f"{self.prefix}:unrecorded"
+        self.live_prefix = f"{self.prefix}:live:"
+
+    @classmethod
+    def of(cls, runtime: Runtime) -> DebuggerKeys:
+        return cls(runtime.settings.key_prefix)
+
+    def live(self, source: str) -> str:
+        return self.live_prefix + source
+
+    def slice(self, name: str) -> str:
+        return f"{self.prefix}:trace:{name}"
+
+
+# --- trace members --------------------------------------------------------------------------
+
+
+def member_prefix(message_id: str) -> bytes:
+    """What every member of ``message_id`` starts with: its length, then itself, so that no
+    messageId's members fall in another's range (one may be a prefix of another)."""
+    raw = message_id.encode()
+    return len(raw).to_bytes(2, "big") + raw
+
+
+class MemberWriter:
+    """Builds members unique across processes: time, a random writer id, a sequence."""
+
+    def __init__(self) -> None:
+        self._writer = (os.getpid() ^ random.getrandbits(32)).to_bytes(4, "big", signed=False)
+        self._sequence = 0
+
+    def member(self, message_id: str, at: float, records: bytes) -> bytes:
+        self._sequence = (self._sequence + 1) & 0xFFFFFFFF
+        return b"".join(
+            (
+                member_prefix(message_id),
+                int(at * 1_000_000).to_bytes(8, "big"),
+                self._writer,
+                self._sequence.to_bytes(4, "big"),
+                records,
+            )
+        )
+
+
+def member_records(member: bytes) -> list[Record]:
+    length = int.from_bytes(member[:2], "big")
+    return records_decoder.decode(member[2 + length + _STAMP_BYTES :])
+
+
+# --- slices -----------------------------------------------------------------------------------
+
+
+def slice_name(bucket: int, part: int) -> str:
+    # Fixed width, so names sort as (bucket, part) do.
+    return f"{bucket:012d}.{part:04d}"
+
+
+def slice_bucket(name: str) -> int:
+    return int(name.partition(".")[0])
+
+
+class SliceCursor:
+    """The slice this process writes traces to: the current time bucket, and within it the
+    first part that is not full (parts close once they hold 1/16 of the cap)."""
+
+    def __init__(self, config: DebuggerConfig) -> None:
+        self.seconds = config.slice_seconds
+        self.max_bytes = config.slice_max_bytes
+        self.bucket = -1
+        self.part = 0
+
+    def current(self, now: float) -> str:
+        bucket = int(now // self.seconds)
+        if bucket != self.bucket:
+            self.bucket, self.part = bucket, 0
+        return slice_name(self.bucket, self.part)
+
+    def accounted(self, name: str, total: int) -> None:
+        """What the slice ``name`` holds after a write: move on once it is full."""
+        if total >= self.max_bytes and name == slice_name(self.bucket, self.part):
+            self.part += 1
+
+    def resume(self, names: list[str], now: float) -> None:
+        """Start where the other processes are: the newest part of the current bucket."""
+        self.current(now)
+        parts = [int(name.partition(".")[2]) for name in names if slice_bucket(name) == self.bucket]
+        if parts:
+            self.part = max(parts)
+
+
+class TraceReader:
+    """Reads one messageId's records from every slice kept."""
+
+    def __init__(self, redis: aioredis.Redis, keys: DebuggerKeys, config: DebuggerConfig) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.config = config
+
+    async def slices(self) -> dict[str, int]:
+        raw = await self.redis.hgetall(self.keys.slices)
+        return {_text(name): int(size) for name, size in raw.items()}
+
+    async def records(self, message_id: str) -> tuple[list[Record], float | None]:
+        """Every record of ``message_id``, in time order; and since when traces are kept."""
+        names = sorted(await self.slices())
+        if not names:
+            return [], None
+        prefix = member_prefix(message_id)
+        low, high = b"[" + prefix, b"(" + prefix + b"\xff"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zrangebylex(self.keys.slice(name), low, high)
+            replies = await pipe.execute()
+        found = [
+            record for members in replies for member in members for record in member_records(member)
+        ]
+        found.sort(key=lambda record: record.at)
+        kept_since = slice_bucket(names[0]) * self.config.slice_seconds
+        return found, float(kept_since)
+
+
+class Janitor:
+    """Holds the traces to their retention and memory cap, and the live streams to their window.
+
+    Every process with the debugger runs one; a lock lets one of them work per interval.
+    """
+
+    def __init__(self, redis: aioredis.Redis, keys: DebuggerKeys, config: DebuggerConfig) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.config = config
+
+    async def run_once(self, now: float | None = None, *, force: bool = False) -> list[str]:
+        """One pass; returns the slices it removed. Without ``force`` it works only when no
+        other process has in this interval."""
+        now = time.time() if now is None else now
+        if not force:
+            interval_ms = max(1, int(self.config.janitor_seconds * 1000))
+            if not await self.redis.set(self.keys.janitor, b"1", nx=True, px=interval_ms):
+                return []
+        removed = await self._cap_traces(now)
+        await self._trim_live(now)
+        return removed
+
+    async def _cap_traces(self, now: float) -> list[str]:
+        slices = {
+            _text(name): int(size)
+            for name, size in (await self.redis.hgetall(self.keys.slices)).items()
+        }
+        if not slices:
+            return []
+        config = self.config
+        # A slice is kept until its last moment is older than the retention.
+        oldest_kept = int((now - config.trace_seconds) // config.slice_seconds)
+        removed = [name for name in sorted(slices) if slice_bucket(name) < oldest_kept]
+        total = sum(size for name, size in slices.items() if name not in removed)
+        for name in sorted(slices):
+            if total <= config.trace_max_bytes:
+                break
+            if name in removed:
+                continue
+            removed.append(name)
+            total -= slices[name]
+        if removed:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for name in removed:
+                    pipe.unlink(self.keys.slice(name))
+                pipe.hdel(self.keys.slices, *removed)
+                await pipe.execute()
+            log.info(
+                "debugger: dropped %d trace slices (%s); %d bytes of traces kept",
+                len(removed),
+                ", ".join(removed[:3]) + ("..." if len(removed) > 3 else ""),
+                total,
+            )
+        return removed
+
+    async def _trim_live(self, now: float) -> None:
+        sources = {
+            _text(name): float(seen)
+            for name, seen in (await self.redis.hgetall(self.keys.sources)).items()
+        }
+        if not sources:
+            return
+        window = self.config.live_seconds
+        min_id = f"{int((now - window) * 1000)}-0"
+        gone = [source for source, seen in sources.items() if seen < now - window]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for source in sources:
+                if source in gone:
+                    pipe.unlink(self.keys.live(source))
+                else:
+                    pipe.xtrim(self.keys.live(source), minid=min_id, approximate=True)
+            if gone:
+                pipe.hdel(self.keys.sources, *gone)
+            await pipe.execute()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
