@@ -95,7 +95,6 @@ class Feed:
         self.viewer = viewer
         self.filter = wanted
         self.backfill = backfill
-        self.started_ms = int(time.time() * 1000)
         self.buffer: deque[Record] = deque()
         self.skipped = 0
         self.reported_skipped = 0
@@ -164,10 +163,13 @@ class Feed:
         recent: list[Record] = []
         for source in await self.sources():
             key = self.keys.live(source)
-            entries = (
-                await self.redis.xrevrange(key, count=BACKFILL_ENTRIES) if self.backfill else []
+            entries = await self.redis.xrevrange(
+                key, count=BACKFILL_ENTRIES if self.backfill else 1
             )
-            self.streams[key] = _text(entries[0][0]) if entries else f"{self.started_ms}-0"
+            # From the newest entry on; a stream not there yet holds only what comes later.
+            self.streams[key] = _text(entries[0][0]) if entries else "0-0"
+            if not self.backfill:
+                continue
             for _, fields in reversed(entries):
                 recent += [r for r in records_decoder.decode(fields[b"r"]) if self.matches(r)]
         self._sources_at = time.monotonic()
@@ -178,19 +180,20 @@ class Feed:
         """Read until cancelled; a Redis error is waited out, not fatal."""
         while True:
             try:
-                await self._read_once()
+                await self.read_once()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as error:
                 log.warning("debugger: live feed cannot read Redis: %s", error)
                 await asyncio.sleep(1.0)
 
-    async def _read_once(self) -> None:
+    async def read_once(self) -> None:
+        """One read of the streams (waits up to a second for new entries)."""
         if time.monotonic() - self._sources_at > SOURCES_EVERY_SECONDS:
             self._sources_at = time.monotonic()
             for source in await self.sources():
-                # A source that appears later is read from when this feed started.
-                self.streams.setdefault(self.keys.live(source), f"{self.started_ms}-0")
+                # A source that appears later: its stream began after this feed did.
+                self.streams.setdefault(self.keys.live(source), "0-0")
         if not self.streams:
             await asyncio.sleep(SOURCES_EVERY_SECONDS)
             return

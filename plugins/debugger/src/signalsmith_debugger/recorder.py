@@ -33,10 +33,10 @@ from signalsmith_debugger.payloads import (
 )
 from signalsmith_debugger.records import FAILURE_STATUSES, NO_SOURCE, Record, record_encoder
 from signalsmith_debugger.store import (
-    MEMBER_OVERHEAD,
     DebuggerKeys,
     MemberWriter,
     SliceCursor,
+    member_cost,
 )
 
 if TYPE_CHECKING:
@@ -259,7 +259,7 @@ class Recorder:
                         message_id, records[0].at, record_encoder.encode(records)
                     )
                     members[member] = 0
-                    accounted += len(member) + MEMBER_OVERHEAD
+                    accounted += member_cost(member)
                 slice_key = keys.slice(slice_name)
                 pipe.zadd(slice_key, members)
                 # Kept past the retention by one slice, so its first member is kept that long.

@@ -36,10 +36,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("signalsmith.debugger")
 
-# Redis memory per trace member beyond its own bytes (a sorted-set skiplist node, its dict
-# entry, the string's header and the allocator's rounding), measured on Redis 7.0 with members
-# of 100 to 2,000 bytes (tests/test_store.py::test_accounting_covers_redis_memory holds it).
-MEMBER_OVERHEAD = 96
+# Redis memory per trace member beyond the allocation holding its bytes (a sorted-set skiplist
+# node, its dict entry and table slot), measured on Redis 7.0 with jemalloc
+# (tests/test_store.py::test_accounting_covers_what_redis_uses holds it).
+MEMBER_OVERHEAD = 104
+# An sds string's header and terminator, around a member's bytes.
+_SDS_EXTRA = 6
 # A member's header after the messageId: time (µs), writer, sequence.
 _STAMP_BYTES = 16
 
@@ -95,6 +97,21 @@ class MemberWriter:
                 records,
             )
         )
+
+
+def member_cost(member: bytes) -> int:
+    """The Redis memory a member takes, as the cap counts it: its string rounded up to the
+    allocator's size class (jemalloc's: four classes per doubling), plus the set's overhead."""
+    return allocation_size(len(member) + _SDS_EXTRA) + MEMBER_OVERHEAD
+
+
+def allocation_size(size: int) -> int:
+    if size <= 16:
+        return 16
+    if size <= 128:
+        return (size + 15) // 16 * 16
+    spacing = 1 << ((size - 1).bit_length() - 3)
+    return (size + spacing - 1) // spacing * spacing
 
 
 def member_records(member: bytes) -> list[Record]:
