@@ -30,6 +30,12 @@ async def shutdown(runtime: Runtime) -> None:
 
 
 @hookimpl
+def embedded_defaults(runtime: Runtime) -> dict[str, str]:
+    # A line of the start banner: where the page is.
+    return {"debugger": f"{runtime.settings.local_url}/debugger/ (open it with the admin token)"}
+
+
+@hookimpl
 def observe_outcomes(outcomes: list[Outcome], runtime: Runtime) -> None:
     # On the request path: queue the list and return (the recorder writes it later).
     state = runtime.state.get(NAME)
