@@ -307,3 +307,24 @@ async def test_each_message_id_is_traced_once_per_stage_even_in_one_flush(
         for event in (events[0], events[-1]):
             trace = await kit.trace_of(client, event["messageId"], lambda t: len(t["steps"]) >= 2)
             assert kit.steps(trace) == [("normalise", "accepted"), ("buffer", "buffered")]
+
+
+async def test_payloads_in_traces_are_capped_and_hide_write_keys(
+    kit: Any, admin_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIGNALSMITH_DEBUGGER_PAYLOAD_BYTES", "2048")
+    small = track("Signed Up", userId="ada", properties={"writeKey": "wk-pasted-by-mistake"})
+    large = track("Signed Up", userId="bob", properties={"essay": "words " * 3000})
+    pm = plugin_manager(StaticKeys(kit.KEYS), kit.DEBUGGER)
+    async with collector_client(admin_settings, pm=pm) as client:
+        await client.post("/v1/batch", json={"batch": [small, large]}, headers=kit.basic())
+        hidden = await kit.trace_of(client, small["messageId"], lambda t: len(t["steps"]) == 2)
+        shortened = await kit.trace_of(client, large["messageId"], lambda t: len(t["steps"]) == 2)
+    received = hidden["steps"][0]
+    assert received["payload"]["properties"] == {"writeKey": "(hidden)"}
+    assert "wk-pasted-by-mistake" not in json.dumps(hidden)
+    received = shortened["steps"][0]
+    assert received["payloadTruncated"] is True
+    assert received["payloadSize"] > 18_000
+    assert len(json.dumps(received["payload"], separators=(",", ":"))) <= 2048
+    assert received["payload"]["properties"]["essay"].startswith("words words")

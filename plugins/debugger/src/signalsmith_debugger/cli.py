@@ -101,7 +101,7 @@ def trace(ctx: click.Context, message_id: str, as_json: bool, payloads: bool) ->
                 continue
             cut = f", shortened from {step.payload_size} bytes" if step.payload_truncated else ""
             click.echo(f"\n{step.stage} {step.status} ({_when(step.at, precise=True)}{cut}):")
-            click.echo(msgspec.json.format(bytes(step.payload)).decode())
+            click.echo(msgspec.json.format(msgspec.json.encode(step.payload)).decode())
 
 
 @click.group()

@@ -43,7 +43,7 @@ class DebuggerConfig(msgspec.Struct, frozen=True, kw_only=True):
     flush_seconds: float = 0.1
     # Outcomes a process holds for its next flush; past it, new ones are counted and not kept,
     # so a slow Redis never grows a collector's memory or slows its requests.
-    queue_max_outcomes: int = 100_000
+    queue_max_outcomes: int = 20_000
     # Records held for one live viewer who is not reading; past it, records are skipped for that
     # viewer, and the viewer is told how many.
     viewer_buffer: int = 2000

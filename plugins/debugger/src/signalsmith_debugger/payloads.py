@@ -1,4 +1,4 @@
-"""Events and raw messages as the debugger keeps them: JSON, write keys hidden, size capped.
+"""Events and raw messages as the debugger keeps them: write keys hidden, size capped.
 
 The pipeline never puts a write key in an event, but what a client sent may hold one (a single
 message's body carries ``writeKey``; anyone may put one in ``properties``): every field named
@@ -13,12 +13,10 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from signalsmith import Event, Page, Screen, Track
+from signalsmith import Alias, Event, Group, Identify, Page, Screen, Track
 
 HIDDEN = "(hidden)"
 WRITE_KEY_FIELDS = frozenset({"writeKey", "write_key"})
-# Cheap test on the encoded bytes before walking anything: both names contain these.
-_WRITE_KEY_MARKS = (b"riteKey", b"rite_key")
 # Summary fields (event names, user ids) are client strings: shown this long at most.
 SUMMARY_CHARS = 200
 # The limits a too-large payload is shortened with, tried in turn until it fits:
@@ -30,9 +28,10 @@ _decode = msgspec.json.Decoder()
 
 
 class Shown(NamedTuple):
-    """A payload as kept: its JSON (at most the cap), its full size, whether it was shortened."""
+    """A payload as kept: its value (an event, or JSON-like builtins), its full size as JSON
+    when it was shortened (else 0), and whether it was."""
 
-    data: bytes
+    value: Any
     size: int
     truncated: bool
 
@@ -47,15 +46,16 @@ class Summary(NamedTuple):
 
 
 def event_payload(event: Event, cap: int) -> Shown:
-    """The event as JSON (its wire form), write keys hidden, at most ``cap`` bytes."""
+    """The event as kept: itself when its JSON fits ``cap`` and holds no write key; else its
+    JSON-like value with write keys hidden, shortened to fit."""
     data = _json.encode(event)
-    if len(data) <= cap and not _may_hold_write_key(data):
-        return Shown(data, len(data), False)
+    if len(data) <= cap and not may_hold_write_key(data):
+        return Shown(event, 0, False)
     return _fit(msgspec.to_builtins(event), len(data), cap)
 
 
 def message_payload(raw: bytes, cap: int) -> tuple[Shown, Any]:
-    """A raw message (refused before it became an event) as JSON, write keys hidden, capped;
+    """A raw message (refused before it became an event) as kept, write keys hidden, capped;
     and its decoded value (for the summary), or None when it is not JSON."""
     try:
         value = _decode.decode(raw)
@@ -63,23 +63,33 @@ def message_payload(raw: bytes, cap: int) -> tuple[Shown, Any]:
         # Not JSON: shown as the text it was (as far as the cap allows).
         text = raw.decode("utf-8", errors="replace")
         return _fit(text, len(raw), cap), None
-    if len(raw) <= cap and not _may_hold_write_key(raw):
-        return Shown(bytes(raw), len(raw), False), value
+    if len(raw) <= cap and not may_hold_write_key(raw):
+        return Shown(value, 0, False), value
     return _fit(value, len(raw), cap), value
 
 
+# Per event class: its type, and the attribute that names it (None: unnamed).
+_NAMING = {Track: ("track", "event"), Page: ("page", "name"), Screen: ("screen", "name")}
+_UNNAMED = {Identify: "identify", Group: "group", Alias: "alias"}
+
+
 def event_summary(event: Event) -> Summary:
-    name: str | None = None
-    if isinstance(event, Track):
-        name = event.event
-    elif isinstance(event, Page | Screen):
-        name = event.name
-    return Summary(
-        type=event.type,
-        event=_short(name),
-        user_id=_short(event.user_id),
-        anonymous_id=_short(event.anonymous_id),
-    )
+    kind = type(event)
+    naming = _NAMING.get(kind)
+    if naming is not None:
+        name = getattr(event, naming[1])
+        type_name = naming[0]
+    else:
+        name = None
+        type_name = _UNNAMED.get(kind) or event.type
+    user_id, anonymous_id = event.user_id, event.anonymous_id
+    if name is not None and len(name) > SUMMARY_CHARS:
+        name = shorten(name, SUMMARY_CHARS)
+    if user_id is not None and len(user_id) > SUMMARY_CHARS:
+        user_id = shorten(user_id, SUMMARY_CHARS)
+    if anonymous_id is not None and len(anonymous_id) > SUMMARY_CHARS:
+        anonymous_id = shorten(anonymous_id, SUMMARY_CHARS)
+    return Summary(type_name, name, user_id, anonymous_id)
 
 
 def message_summary(value: Any, path_type: str | None = None) -> tuple[Summary, str | None]:
@@ -116,22 +126,22 @@ def _identity(value: Any) -> Any:
     return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
-def _may_hold_write_key(data: bytes) -> bool:
-    return any(mark in data for mark in _WRITE_KEY_MARKS)
+def may_hold_write_key(data: bytes) -> bool:
+    """Whether ``data`` (JSON or msgpack) may name a write key: both names contain these."""
+    return b"riteKey" in data or b"rite_key" in data
 
 
 def _fit(value: Any, size: int, cap: int) -> Shown:
     """``value`` with write keys hidden, shortened until its JSON fits ``cap``."""
     hidden = _hide_write_keys(value)
-    data = _json.encode(hidden)
-    if len(data) <= cap:
-        return Shown(data, size, False)
+    if len(_json.encode(hidden)) <= cap:
+        return Shown(hidden, 0, False)
     for limits in _SHORTENINGS:
-        data = _json.encode(_abridge(hidden, *limits))
-        if len(data) <= cap:
-            return Shown(data, size, True)
+        shortened = _abridge(hidden, *limits)
+        if len(_json.encode(shortened)) <= cap:
+            return Shown(shortened, size, True)
     # Nothing smaller keeps the shape: say what it was.
-    return Shown(_json.encode({"(truncated)": f"{size} bytes, too large to show"}), size, True)
+    return Shown({"(truncated)": f"{size} bytes, too large to show"}, size, True)
 
 
 def _hide_write_keys(value: Any) -> Any:

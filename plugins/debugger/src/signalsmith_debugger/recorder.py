@@ -15,23 +15,30 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from redis.exceptions import RedisError
 
-from signalsmith import Event, Outcome
+from signalsmith import Event, EventBase, Outcome
 from signalsmith_debugger.config import DebuggerConfig
 from signalsmith_debugger.masking import SecretMask
 from signalsmith_debugger.payloads import (
     Summary,
     event_payload,
     event_summary,
+    may_hold_write_key,
     message_payload,
     message_summary,
     shorten,
 )
-from signalsmith_debugger.records import FAILURE_STATUSES, NO_SOURCE, Record, record_encoder
+from signalsmith_debugger.records import (
+    FAILURE_STATUSES,
+    NO_SOURCE,
+    Record,
+    record_encoder,
+    records_decoder,
+)
 from signalsmith_debugger.store import (
     DebuggerKeys,
     MemberWriter,
@@ -53,16 +60,27 @@ ARRIVAL_STAGES = frozenset({"normalise", "parse", "authenticate", "admit"})
 # Events whose payload this process recorded, by messageId, until their buffer outcome: a bound
 # for requests that never reach it (a client gone mid-request).
 MAX_REMEMBERED = 50_000
+# A flush builds this many observed lists (a request's outcomes each), then lets the event loop
+# run: a large flush never holds requests up for long.
+BUILD_LISTS_AT_ONCE = 16
+# ... and encodes this many trace members between two such pauses.
+ENCODE_MEMBERS_AT_ONCE = 1000
 # Redis errors are logged at most this often.
 WARN_EVERY_SECONDS = 30.0
 _EMPTY = Summary(None, None, None, None)
 
 
+# A record as built: a tuple of ``Record``'s fields, in order (the payload fields only when set).
+RecordFields = tuple[Any, ...]
+# Where a record's fields end when it carries no payload (``Record``'s first 14 fields).
+WITHOUT_PAYLOAD = 14
+
+
 class Flush(msgspec.Struct, kw_only=True):
     """One flush's records, by source (live) and by messageId (traces)."""
 
-    by_source: dict[str, list[Record]] = {}
-    by_message: dict[str, list[Record]] = {}
+    by_source: dict[str, list[RecordFields]] = {}
+    by_message: dict[str, list[RecordFields]] = {}
 
 
 class Recorder:
@@ -142,7 +160,10 @@ class Recorder:
         unrecorded, self._unrecorded = self._unrecorded, 0
         if not taken and not unrecorded:
             return
-        built = self.build(taken)
+        built = Flush(by_source={}, by_message={})
+        for start in range(0, len(taken), BUILD_LISTS_AT_ONCE):
+            self.build(taken[start : start + BUILD_LISTS_AT_ONCE], built)
+            await asyncio.sleep(0)  # requests in flight go on between the pieces
         try:
             await self._write(built, unrecorded)
         except (RedisError, OSError) as error:
@@ -158,65 +179,104 @@ class Recorder:
 
     # -- outcomes into records --
 
-    def build(self, taken: list[tuple[float, list[Outcome]]]) -> Flush:
-        flush = Flush(by_source={}, by_message={})
+    def build(self, taken: list[tuple[float, list[Outcome]]], flush: Flush | None = None) -> Flush:
+        """The records of ``taken`` (added to ``flush``), by source and by messageId.
+
+        The hot path of the debugger: each record is a tuple in ``Record``'s field order (what
+        msgpack stores; ``Record`` decodes it), the summary is computed once per event object,
+        and an event's JSON only where this process sees it first or changed.
+        """
+        flush = flush if flush is not None else Flush(by_source={}, by_message={})
+        by_source, by_message = flush.by_source, flush.by_message
+        role = self.role
+        remembered = self._remembered
+        summaries: dict[int, Summary] = {}
         for at, outcomes in taken:
             for outcome in outcomes:
-                record = self.record(at, outcome)
-                flush.by_source.setdefault(record.source_id, []).append(record)
-                if record.message_id is not None:
-                    flush.by_message.setdefault(record.message_id, []).append(record)
+                event = outcome.event
+                message_id = outcome.message_id
+                stage = outcome.stage
+                status = outcome.status
+                shown = None
+                if event is not None:
+                    summary = summaries.get(id(event))
+                    if summary is None:
+                        summary = summaries[id(event)] = event_summary(event)
+                    if stage != "deliver" and message_id is not None:
+                        if remembered.get(message_id) is not event:
+                            # First seen here, or a stage made a new event: keep it (encoded
+                            # with its record; its size and write keys are checked then).
+                            shown = (event, 0, False)
+                            remembered[message_id] = event
+                            if len(remembered) > MAX_REMEMBERED:
+                                del remembered[next(iter(remembered))]
+                        if stage == "buffer" or status == "rejected" or status == "dropped":
+                            del remembered[message_id]  # the end of its way through here
+                elif outcome.payload is not None:
+                    shown, value = message_payload(outcome.payload, self.config.payload_bytes)
+                    summary, written_id = message_summary(value)
+                    if message_id is None and written_id and len(written_id) <= MAX_TRACED_ID_CHARS:
+                        message_id = written_id  # refused before normalisation: traced by it
+                else:
+                    summary = _EMPTY
+                reason, detail, sink = outcome.reason, outcome.detail, outcome.sink
+                if reason is not None:
+                    reason = self._mask(shorten(reason, REASON_CHARS))
+                if detail is not None:
+                    detail = self._mask(shorten(detail, DETAIL_CHARS))
+                source = outcome.source_id or NO_SOURCE
+                fields = (
+                    at,
+                    stage,
+                    status,
+                    message_id,
+                    source,
+                    *summary,
+                    reason,
+                    detail,
+                    sink,
+                    self._sink_kind(sink) if sink is not None else None,
+                    role,
+                )
+                if shown is not None:
+                    fields += tuple(shown)
+                records = by_source.get(source)
+                if records is None:
+                    records = by_source[source] = []
+                records.append(fields)
+                if message_id is not None:
+                    of_message = by_message.get(message_id)
+                    if of_message is None:
+                        by_message[message_id] = [fields]
+                    else:
+                        of_message.append(fields)
         return flush
 
     def record(self, at: float, outcome: Outcome) -> Record:
-        """One outcome as the debugger keeps it."""
-        config = self.config
-        message_id = outcome.message_id
-        event = outcome.event
-        payload = None
-        summary = _EMPTY
-        if event is not None:
-            summary = event_summary(event)
-            if outcome.stage != "deliver" and message_id is not None:
-                payload = self._changed_payload(message_id, event, outcome)
-        elif outcome.payload is not None:
-            payload, value = message_payload(outcome.payload, config.payload_bytes)
-            summary, written_id = message_summary(value)
-            if message_id is None and written_id and len(written_id) <= MAX_TRACED_ID_CHARS:
-                message_id = written_id  # refused before normalisation: traced by its own id
-        mask = self._mask
-        return Record(
-            at=at,
-            stage=outcome.stage,
-            status=outcome.status,
-            message_id=message_id,
-            source_id=outcome.source_id or NO_SOURCE,
-            type=summary.type,
-            event=summary.event,
-            user_id=summary.user_id,
-            anonymous_id=summary.anonymous_id,
-            reason=mask(shorten(outcome.reason, REASON_CHARS)),
-            detail=mask(shorten(outcome.detail, DETAIL_CHARS)),
-            sink=outcome.sink,
-            sink_kind=self._sink_kind(outcome.sink) if outcome.sink else None,
-            role=self.role,
-            payload=payload.data if payload is not None else None,
-            payload_size=payload.size if payload is not None else 0,
-            payload_truncated=payload.truncated if payload is not None else False,
-        )
+        """One outcome as the debugger keeps it (``build`` for one, decoded)."""
+        [fields] = self.build([(at, [outcome])]).by_source.popitem()[1]
+        return records_decoder.decode(record_encoder.encode([fields]))[0]
 
-    def _changed_payload(self, message_id: str, event: Event, outcome: Outcome):  # type: ignore[no-untyped-def]
-        """The event's JSON when this process has not recorded this very object for it yet."""
-        remembered = self._remembered
-        payload = None
-        if remembered.get(message_id) is not event:
-            payload = event_payload(event, self.config.payload_bytes)
-            remembered[message_id] = event
-            if len(remembered) > MAX_REMEMBERED:
-                del remembered[next(iter(remembered))]
-        if outcome.stage == "buffer" or outcome.status in ("rejected", "dropped"):
-            remembered.pop(message_id, None)  # the end of its way through this collector
-        return payload
+    async def _members_of(self, flush: Flush) -> list[bytes]:
+        """Each messageId's trace member: its records of this flush, encoded together.
+
+        An event goes into the encoding as it is (no copy of it is made first); a member long
+        enough that one of its events might be past the payload cap as JSON, or that may hold a
+        write key, is encoded again with its events checked (``event_payload``).
+        """
+        cap = self.config.payload_bytes
+        suspicious = cap // 2  # msgpack is shorter than JSON, never by half
+        encode = record_encoder.encode
+        member = self._members.member
+        members = []
+        for message_id, records in flush.by_message.items():
+            encoded = encode(records)
+            if len(encoded) > suspicious or may_hold_write_key(encoded):
+                encoded = encode([_checked(record, cap) for record in records])
+            members.append(member(message_id, records[0][0], encoded))
+            if len(members) % ENCODE_MEMBERS_AT_ONCE == 0:
+                await asyncio.sleep(0)
+        return members
 
     def _sink_kind(self, name: str) -> str:
         kind = self._sink_kinds.get(name)
@@ -252,16 +312,10 @@ class Recorder:
                 pipe.hset(keys.sources, mapping=dict.fromkeys(flush.by_source, int(now)))
             if flush.by_message:
                 slice_name = self._cursor.current(now)
-                members: dict[bytes, int] = {}
-                accounted = 0
-                for message_id, records in flush.by_message.items():
-                    member = self._members.member(
-                        message_id, records[0].at, record_encoder.encode(records)
-                    )
-                    members[member] = 0
-                    accounted += member_cost(member)
+                members = await self._members_of(flush)
+                accounted = sum(member_cost(member) for member in members)
                 slice_key = keys.slice(slice_name)
-                pipe.zadd(slice_key, members)
+                pipe.zadd(slice_key, dict.fromkeys(members, 0))
                 # Kept past the retention by one slice, so its first member is kept that long.
                 keep = config.trace_seconds + 2 * config.slice_seconds
                 pipe.expire(slice_key, keep)
@@ -283,23 +337,26 @@ class Recorder:
             self._cursor.accounted(slice_name, int(replies[slice_total_at]))
 
 
-def _live_fields(records: list[Record]) -> dict[str, bytes | int]:
+def _checked(record: RecordFields, cap: int) -> RecordFields:
+    """A record whose event payload is replaced by what ``event_payload`` keeps of it."""
+    if len(record) <= WITHOUT_PAYLOAD or not isinstance(record[WITHOUT_PAYLOAD], EventBase):
+        return record
+    return record[:WITHOUT_PAYLOAD] + tuple(event_payload(record[WITHOUT_PAYLOAD], cap))
+
+
+def _live_fields(records: list[RecordFields]) -> dict[str, bytes | int]:
     """A live entry: the records without their payloads (the trace has them), except for
     messages no trace can hold (no messageId), and the counts the chart draws."""
-    listed = [
-        msgspec.structs.replace(record, payload=None, payload_size=0, payload_truncated=False)
-        if record.payload is not None and record.message_id is not None
-        else record
-        for record in records
-    ]
+    listed = [record[:WITHOUT_PAYLOAD] if record[3] is not None else record for record in records]
     received = violations = failures = 0
     for record in records:
-        if record.stage in ARRIVAL_STAGES and record.status in ("accepted", "rejected"):
-            received += 1
-        if record.status == "violation":
+        stage, status = record[1], record[2]
+        if status == "violation":
             violations += 1
-        if record.status in FAILURE_STATUSES:
+        elif status in FAILURE_STATUSES:
             failures += 1
+        if stage in ARRIVAL_STAGES and (status == "accepted" or status == "rejected"):
+            received += 1
     return {
         "r": record_encoder.encode(listed),
         "n": len(records),

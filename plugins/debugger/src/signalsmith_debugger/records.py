@@ -8,7 +8,7 @@ leaves several. The API and the page get ``RecordView`` (JSON, named fields) and
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -49,9 +49,9 @@ class Record(msgspec.Struct, array_like=True, omit_defaults=True, kw_only=True):
     sink_kind: str | None = None
     # The process that observed it: collector, worker or embedded.
     role: str = ""
-    # The event (or the raw message) as JSON, at the stages where it was first seen or changed;
-    # shortened past the payload cap (then ``payload_size`` is its full size).
-    payload: bytes | None = None
+    # The event (or the raw message), at the stages where it was first seen or changed; shortened
+    # past the payload cap (then ``payload_size`` is its full size as JSON).
+    payload: Any = None
     payload_size: int = 0
     payload_truncated: bool = False
 
@@ -77,7 +77,7 @@ class RecordView(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel
     sink: str | None = None
     sink_kind: str | None = None
     role: str = ""
-    payload: msgspec.Raw | None = None
+    payload: Any = None
     payload_size: int = 0
     payload_truncated: bool = False
 
@@ -98,7 +98,7 @@ def view(record: Record, *, with_payload: bool = True) -> RecordView:
         sink=record.sink,
         sink_kind=record.sink_kind,
         role=record.role,
-        payload=msgspec.Raw(record.payload) if with_payload and record.payload else None,
+        payload=record.payload if with_payload else None,
         payload_size=record.payload_size if with_payload else 0,
         payload_truncated=record.payload_truncated if with_payload else False,
     )
