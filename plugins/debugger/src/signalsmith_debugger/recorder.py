@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from redis.exceptions import RedisError
 
-from signalsmith import Event, EventBase, Outcome
+from signalsmith import EventBase, Outcome
 from signalsmith_debugger.config import DebuggerConfig
 from signalsmith_debugger.masking import SecretMask
 from signalsmith_debugger.payloads import (
@@ -58,7 +58,7 @@ DETAIL_CHARS = 2000
 # Stages before normalisation: a message refused there arrived, and counts as an event received.
 ARRIVAL_STAGES = frozenset({"normalise", "parse", "authenticate", "admit"})
 # Events whose payload this process recorded, by messageId, until their buffer outcome: a bound
-# for requests that never reach it (a client gone mid-request).
+# for requests whose buffer outcome never comes (a client gone mid-request, a full queue).
 MAX_REMEMBERED = 50_000
 # A flush builds this many observed lists (a request's outcomes each), then lets the event loop
 # run: a large flush never holds requests up for long.
@@ -98,7 +98,9 @@ class Recorder:
         self.unrecorded_total = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._remembered: dict[str, Event] = {}
+        # The identity of the event whose payload was kept last, by messageId, until its buffer
+        # outcome (``build``).
+        self._remembered: dict[str, tuple[int, Any]] = {}
         self._cursor = SliceCursor(config)
         self._members = MemberWriter()
         self._mask = SecretMask(runtime)
@@ -203,11 +205,14 @@ class Recorder:
                     if summary is None:
                         summary = summaries[id(event)] = event_summary(event)
                     if stage != "deliver" and message_id is not None:
-                        if remembered.get(message_id) is not event:
+                        # The event's identity, without holding it: an object's id is unique
+                        # while it lives, and a later request's event has its own receivedAt.
+                        identity = (id(event), event.received_at)
+                        if remembered.get(message_id) != identity:
                             # First seen here, or a stage made a new event: keep it (encoded
                             # with its record; its size and write keys are checked then).
                             shown = (event, 0, False)
-                            remembered[message_id] = event
+                            remembered[message_id] = identity
                             if len(remembered) > MAX_REMEMBERED:
                                 del remembered[next(iter(remembered))]
                         if stage == "buffer" or status == "rejected" or status == "dropped":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import struct
 import time
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,9 @@ MEMBER_OVERHEAD = 104
 # An sds string's header and terminator, around a member's bytes.
 _SDS_EXTRA = 6
 # A member's header after the messageId: time (µs), writer, sequence.
-_STAMP_BYTES = 16
+_STAMP = struct.Struct(">QII")
+_STAMP_BYTES = _STAMP.size
+_LENGTH = struct.Struct(">H")
 
 
 class DebuggerKeys:
@@ -76,24 +79,24 @@ def member_prefix(message_id: str) -> bytes:
     """What every member of ``message_id`` starts with: its length, then itself, so that no
     messageId's members fall in another's range (one may be a prefix of another)."""
     raw = message_id.encode()
-    return len(raw).to_bytes(2, "big") + raw
+    return _LENGTH.pack(len(raw)) + raw
 
 
 class MemberWriter:
     """Builds members unique across processes: time, a random writer id, a sequence."""
 
     def __init__(self) -> None:
-        self._writer = (os.getpid() ^ random.getrandbits(32)).to_bytes(4, "big", signed=False)
+        self._writer = (os.getpid() ^ random.getrandbits(32)) & 0xFFFFFFFF
         self._sequence = 0
 
     def member(self, message_id: str, at: float, records: bytes) -> bytes:
-        self._sequence = (self._sequence + 1) & 0xFFFFFFFF
+        self._sequence = sequence = (self._sequence + 1) & 0xFFFFFFFF
+        raw = message_id.encode()
         return b"".join(
             (
-                member_prefix(message_id),
-                int(at * 1_000_000).to_bytes(8, "big"),
-                self._writer,
-                self._sequence.to_bytes(4, "big"),
+                _LENGTH.pack(len(raw)),
+                raw,
+                _STAMP.pack(int(at * 1_000_000), self._writer, sequence),
                 records,
             )
         )
