@@ -66,7 +66,7 @@ def test_a_raw_single_message_body_loses_its_write_key() -> None:
     assert b"wk-secret-999999" not in msgspec.json.encode(shown.value)
     assert shown.value["writeKey"] == HIDDEN
     summary, message_id = message_summary(value)
-    assert (summary.type, summary.event, summary.user_id) == ("track", "Signed Up", "u1")
+    assert summary[:3] == ("track", "Signed Up", "u1")
     assert message_id is None
 
 
@@ -103,13 +103,13 @@ def test_a_message_that_is_not_json_is_shown_as_text() -> None:
 
 def test_summaries_shorten_client_strings() -> None:
     long_name = "E" * 5000
-    summary = event_summary(msgspec.structs.replace(order(), event=long_name))
-    assert summary.event is not None and len(summary.event) < 300
+    kind, name, user, anonymous = event_summary(msgspec.structs.replace(order(), event=long_name))
+    assert (kind, user, anonymous) == ("track", "ada", None)
+    assert name is not None and name.startswith("EEE") and len(name) < 300
     raw_summary, message_id = message_summary(
         {"type": "identify", "userId": 42, "messageId": "m-9"}
     )
-    assert raw_summary.user_id == "42"
+    assert raw_summary == ("identify", None, "42", None)
     assert message_id == "m-9"
     identify = Identify(message_id="m-2", received_at=NOW, timestamp=NOW, anonymous_id="anon")
-    assert event_summary(identify).anonymous_id == "anon"
-    assert event_summary(identify).event is None
+    assert event_summary(identify) == ("identify", None, None, "anon")

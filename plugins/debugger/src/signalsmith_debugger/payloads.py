@@ -36,13 +36,9 @@ class Shown(NamedTuple):
     truncated: bool
 
 
-class Summary(NamedTuple):
-    """What lists and filters show of an event: type, name, user."""
-
-    type: str | None
-    event: str | None
-    user_id: str | None
-    anonymous_id: str | None
+# What lists and filters show of an event: (type, name, userId, anonymousId). A plain tuple:
+# one is made per event on the debugger's hot path.
+Summary = tuple[str | None, str | None, str | None, str | None]
 
 
 def event_payload(event: Event, cap: int) -> Shown:
@@ -89,26 +85,24 @@ def event_summary(event: Event) -> Summary:
         user_id = shorten(user_id, SUMMARY_CHARS)
     if anonymous_id is not None and len(anonymous_id) > SUMMARY_CHARS:
         anonymous_id = shorten(anonymous_id, SUMMARY_CHARS)
-    return Summary(type_name, name, user_id, anonymous_id)
+    return (type_name, name, user_id, anonymous_id)
 
 
 def message_summary(value: Any, path_type: str | None = None) -> tuple[Summary, str | None]:
     """The summary of a raw message (a decoded JSON value), and its messageId when it has one."""
     if not isinstance(value, dict):
-        return Summary(path_type, None, None, None), None
+        return (path_type, None, None, None), None
     kind = value.get("type")
     kind = kind if isinstance(kind, str) else path_type
     name = value.get("event") if kind == "track" else value.get("name")
     message_id = value.get("messageId")
-    return (
-        Summary(
-            type=_short(kind),
-            event=_short(name),
-            user_id=_short(_identity(value.get("userId"))),
-            anonymous_id=_short(_identity(value.get("anonymousId"))),
-        ),
-        message_id if isinstance(message_id, str) else None,
+    summary = (
+        _short(kind),
+        _short(name),
+        _short(_identity(value.get("userId"))),
+        _short(_identity(value.get("anonymousId"))),
     )
+    return summary, message_id if isinstance(message_id, str) else None
 
 
 def shorten(text: str | None, limit: int) -> str | None:

@@ -67,7 +67,7 @@ BUILD_LISTS_AT_ONCE = 16
 ENCODE_MEMBERS_AT_ONCE = 1000
 # Redis errors are logged at most this often.
 WARN_EVERY_SECONDS = 30.0
-_EMPTY = Summary(None, None, None, None)
+_EMPTY: Summary = (None, None, None, None)
 
 
 # A record as built: a tuple of ``Record``'s fields, in order (the payload fields only when set).
@@ -81,6 +81,9 @@ class Flush(msgspec.Struct, kw_only=True):
 
     by_source: dict[str, list[RecordFields]] = {}
     by_message: dict[str, list[RecordFields]] = {}
+    # Each event's summary, by the id of the event object (alive while the flush is built: its
+    # outcomes hold it); the normalise and buffer outcomes of a request share one.
+    summaries: dict[int, Summary] = {}
 
 
 class Recorder:
@@ -162,7 +165,7 @@ class Recorder:
         unrecorded, self._unrecorded = self._unrecorded, 0
         if not taken and not unrecorded:
             return
-        built = Flush(by_source={}, by_message={})
+        built = Flush(by_source={}, by_message={}, summaries={})
         for start in range(0, len(taken), BUILD_LISTS_AT_ONCE):
             self.build(taken[start : start + BUILD_LISTS_AT_ONCE], built)
             await asyncio.sleep(0)  # requests in flight go on between the pieces
@@ -188,11 +191,11 @@ class Recorder:
         msgpack stores; ``Record`` decodes it), the summary is computed once per event object,
         and an event's JSON only where this process sees it first or changed.
         """
-        flush = flush if flush is not None else Flush(by_source={}, by_message={})
+        flush = flush if flush is not None else Flush(by_source={}, by_message={}, summaries={})
         by_source, by_message = flush.by_source, flush.by_message
         role = self.role
         remembered = self._remembered
-        summaries: dict[int, Summary] = {}
+        summaries = flush.summaries
         for at, outcomes in taken:
             for outcome in outcomes:
                 event = outcome.event

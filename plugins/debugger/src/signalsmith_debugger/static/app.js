@@ -60,6 +60,7 @@ async function open(token) {
     ? `${who.name} · sources ${who.sources.join(", ")}`
     : `${who.name} · every source`;
   await loadSources();
+  loadStatus();
   connect();
 }
 
@@ -79,6 +80,22 @@ async function loadSources() {
     select.value = current;
   } catch {
     // The list is a convenience: the feed itself says what is wrong.
+  }
+}
+
+// Whether the recorders lately had to leave outcomes out (a full queue, Redis failing).
+async function loadStatus() {
+  try {
+    const status = await getJson("status", state.token);
+    const missed = Object.entries(status.unrecorded).filter(([, count]) => count > 0);
+    const notice = $("unrecorded-notice");
+    notice.hidden = missed.length === 0;
+    notice.textContent = missed.length
+      ? "Some outcomes were not recorded lately (the debugger's queue was full, or Redis " +
+        `failed): ${missed.map(([role, count]) => `${count} in ${role} processes`).join(", ")}.`
+      : "";
+  } catch {
+    // Informational only.
   }
 }
 
@@ -454,7 +471,10 @@ function start() {
     }
   });
   setInterval(() => {
-    if (state.token && !$("main").hidden) loadSources();
+    if (state.token && !$("main").hidden) {
+      loadSources();
+      loadStatus();
+    }
   }, 10000);
   if (state.token) open(state.token);
   else showLogin();
