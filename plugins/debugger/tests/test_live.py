@@ -233,8 +233,10 @@ def test_the_live_feed_over_server_sent_events(serve: Callable[..., Any], kit: A
                 s.get("web", {}).get("events") for s in stats
             ):
                 break
-    assert {r["userId"] for r in seen} == {"ada"}
+    # ada's records only: the one that shows the event names her, the later one follows it.
     assert {r["messageId"] for r in seen} == {ada["messageId"]}
+    assert [r.get("userId") for r in seen] == ["ada", None]
+    assert "payload" not in seen[0]  # the event itself is in its trace
     assert sum(s.get("web", {}).get("events", 0) for s in stats) == 2  # the chart counts both
 
 

@@ -26,8 +26,8 @@ from redis.exceptions import RedisError
 
 from signalsmith_debugger.access import Viewer
 from signalsmith_debugger.config import DebuggerConfig
-from signalsmith_debugger.records import Record, records_decoder, view
-from signalsmith_debugger.store import DebuggerKeys
+from signalsmith_debugger.records import Record, entry_decoder, view
+from signalsmith_debugger.store import DebuggerKeys, unframe
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -45,7 +45,7 @@ SOURCES_EVERY_SECONDS = 2.0
 RECHECK_EVERY_SECONDS = 15.0
 # Entries per stream read for the backfill that starts a feed.
 BACKFILL_ENTRIES = 20
-# MessageIds a status filter follows (their later records pass too).
+# MessageIds a filter follows (their later records pass too), at most.
 MAX_FOLLOWED = 10_000
 
 _json = msgspec.json.Encoder()
@@ -101,28 +101,44 @@ class Feed:
         self.counts: dict[str, list[int]] = {}
         self.streams: dict[str, str] = {}
         self.ready = asyncio.Event()
-        self._followed: OrderedDict[str, None] = OrderedDict()
+        # MessageIds whose records all pass from now on, and whether a messageId's summary
+        # matched the filters (both bounded).
+        self._followed: OrderedDict[str, bool] = OrderedDict()
+        self._known: OrderedDict[str, bool] = OrderedDict()
         self._sources_at = 0.0
 
     # -- what matches --
 
     def matches(self, record: Record) -> bool:
+        """Whether the viewer asked for this record.
+
+        Only the records that first show an event carry its summary (type, name, user); the
+        others (buffered, delivered, ...) pass when an earlier record of their messageId did.
+        """
         wanted = self.filter
-        if wanted.types and record.type not in wanted.types:
-            return False
-        if not wanted.event_matches(record.event):
-            return False
-        if wanted.user and wanted.user not in (record.user_id, record.anonymous_id):
-            return False
-        if wanted.statuses:
-            message_id = record.message_id
-            if record.status in wanted.statuses:
+        by_summary = bool(wanted.types or wanted.event or wanted.user)
+        if not by_summary and not wanted.statuses:
+            return True
+        message_id = record.message_id
+        if message_id is not None and message_id in self._followed:
+            return True
+        if by_summary:
+            if _has_summary(record):
+                fits = (
+                    (not wanted.types or record.type in wanted.types)
+                    and wanted.event_matches(record.event)
+                    and (not wanted.user or wanted.user in (record.user_id, record.anonymous_id))
+                )
                 if message_id is not None:
-                    self._followed[message_id] = None
-                    if len(self._followed) > MAX_FOLLOWED:
-                        self._followed.popitem(last=False)
-                return True
-            return message_id is not None and message_id in self._followed
+                    _remember(self._known, message_id, fits)
+                if not fits:
+                    return False
+            elif message_id is None or not self._known.get(message_id):
+                return False
+        if wanted.statuses and record.status not in wanted.statuses:
+            return False
+        if message_id is not None:
+            _remember(self._followed, message_id, True)
         return True
 
     def offer(self, records: list[Record]) -> None:
@@ -171,7 +187,7 @@ class Feed:
             if not self.backfill:
                 continue
             for _, fields in reversed(entries):
-                recent += [r for r in records_decoder.decode(fields[b"r"]) if self.matches(r)]
+                recent += [r for r in records_of(fields[b"x"]) if self.matches(r)]
         self._sources_at = time.monotonic()
         recent.sort(key=lambda record: record.at)
         return recent[-self.backfill :] if self.backfill else []
@@ -207,7 +223,7 @@ class Feed:
                 counts[0] += int(fields.get(b"e", 0))
                 counts[1] += int(fields.get(b"v", 0))
                 counts[2] += int(fields.get(b"f", 0))
-                self.offer(records_decoder.decode(fields[b"r"]))
+                self.offer(records_of(fields[b"x"]))
 
     def take_counts(self) -> dict[str, dict[str, int]]:
         counts = {
@@ -298,10 +314,31 @@ async def serve_feed(
                 pass
 
 
-def _records(records: list[Record]) -> ServerSentEventMessage:
-    return ServerSentEventMessage(
-        event="records", data=_json.encode([view(record) for record in records]).decode()
+def _has_summary(record: Record) -> bool:
+    return (
+        record.type is not None
+        or record.event is not None
+        or record.user_id is not None
+        or record.anonymous_id is not None
     )
+
+
+def _remember(seen: OrderedDict[str, bool], message_id: str, value: bool) -> None:
+    seen[message_id] = value
+    if len(seen) > MAX_FOLLOWED:
+        seen.popitem(last=False)
+
+
+def records_of(framed: bytes) -> list[Record]:
+    """The records of a live stream entry (its entries, expanded)."""
+    return [record for blob in unframe(framed) for record in entry_decoder.decode(blob).records()]
+
+
+def _records(records: list[Record]) -> ServerSentEventMessage:
+    # Events stay in their traces (the page asks for one when it opens it); a message without
+    # a messageId has no trace, so what it held comes along.
+    views = [view(record, with_payload=record.message_id is None) for record in records]
+    return ServerSentEventMessage(event="records", data=_json.encode(views).decode())
 
 
 def _message(event: str, data: Any) -> ServerSentEventMessage:

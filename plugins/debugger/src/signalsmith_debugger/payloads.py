@@ -9,6 +9,7 @@ off) until it fits, and marked truncated; its full size is kept beside it.
 
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple
 
 import msgspec
@@ -16,6 +17,7 @@ import msgspec
 from signalsmith import Alias, Event, Group, Identify, Page, Screen, Track
 
 HIDDEN = "(hidden)"
+_WRITE_KEY_NAME = re.compile(rb"rite(?:Key|_key)")
 WRITE_KEY_FIELDS = frozenset({"writeKey", "write_key"})
 # Summary fields (event names, user ids) are client strings: shown this long at most.
 SUMMARY_CHARS = 200
@@ -121,8 +123,8 @@ def _identity(value: Any) -> Any:
 
 
 def may_hold_write_key(data: bytes) -> bool:
-    """Whether ``data`` (JSON or msgpack) may name a write key: both names contain these."""
-    return b"riteKey" in data or b"rite_key" in data
+    """Whether ``data`` (JSON or msgpack) may name a write key (one scan of it)."""
+    return _WRITE_KEY_NAME.search(data) is not None
 
 
 def _fit(value: Any, size: int, cap: int) -> Shown:

@@ -1,12 +1,18 @@
-"""The observer: what every stage did, written to Redis off the request path.
+"""The observer: what every stage did, kept in Redis for the live page and the traces.
 
-``observe_outcomes`` only appends the outcome list to an in-process queue (bounded: past
-``queue_max_outcomes`` new outcomes are counted and not kept), so a request pays a list append.
-A flusher task wakes once outcomes wait, lets ``flush_seconds`` of them gather, turns them into
-``Record``s and writes them with one Redis pipeline: per source, live stream entries; per
-messageId, one trace member holding its records of the flush (the normalise and buffer records of
-a request usually share one). An event's JSON is kept where it was first seen and wherever a
-stage changed it (a new object), so a trace shows what a transform or a contract did.
+``observe_outcomes`` hands each list of outcomes (a request's stage, a sink's settled batch) to
+``Recorder.take``, which turns it into one ``Entry`` per source and encodes it at once: a few
+list comprehensions and one msgpack encoding (each event encoded once, in C), so no event is held
+past its request and the request pays about a microsecond per outcome. An event is kept where
+this process first sees it and wherever a stage changed it (a transform made a new event), so a
+trace shows what each stage did; it is checked against the payload cap and for write keys only
+when its encoding is long enough to be past the cap, or holds one of the names.
+
+A task of the recorder's own wakes once entries wait, lets ``flush_seconds`` of them gather, and
+writes them with one Redis pipeline: per source, live stream entries holding the encoded entries;
+per slice, each entry once and one index member per messageId saying where its outcomes are.
+The queue is bounded (``queue_max_outcomes``): past it, new outcomes are counted and not kept,
+so a slow Redis never grows a process's memory or slows its requests.
 """
 
 from __future__ import annotations
@@ -15,35 +21,31 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 from redis.exceptions import RedisError
 
-from signalsmith import EventBase, Outcome
+from signalsmith import Outcome
 from signalsmith_debugger.config import DebuggerConfig
 from signalsmith_debugger.masking import SecretMask
+from signalsmith_debugger.packed import Command, execute
 from signalsmith_debugger.payloads import (
-    Summary,
     event_payload,
-    event_summary,
     may_hold_write_key,
     message_payload,
     message_summary,
     shorten,
 )
-from signalsmith_debugger.records import (
-    FAILURE_STATUSES,
-    NO_SOURCE,
-    Record,
-    record_encoder,
-    records_decoder,
-)
+from signalsmith_debugger.records import FAILURE_STATUSES, NO_SOURCE, Entry, entry_encoder
 from signalsmith_debugger.store import (
     DebuggerKeys,
     MemberWriter,
     SliceCursor,
+    frame,
+    index_member,
     member_cost,
+    reference,
 )
 
 if TYPE_CHECKING:
@@ -57,44 +59,38 @@ REASON_CHARS = 1000
 DETAIL_CHARS = 2000
 # Stages before normalisation: a message refused there arrived, and counts as an event received.
 ARRIVAL_STAGES = frozenset({"normalise", "parse", "authenticate", "admit"})
-# Events whose payload this process recorded, by messageId, until their buffer outcome: a bound
-# for requests whose buffer outcome never comes (a client gone mid-request, a full queue).
+# The stages after which this collector has nothing more of an event: forget its identity.
+ENDING_STATUSES = frozenset({"rejected", "dropped"})
+# Events whose payload this process kept, by messageId, until their buffer outcome: a bound for
+# requests whose buffer outcome never comes (a client gone mid-request, a full queue).
 MAX_REMEMBERED = 50_000
-# A flush builds this many observed lists (a request's outcomes each), then lets the event loop
-# run: a large flush never holds requests up for long.
-BUILD_LISTS_AT_ONCE = 16
-# ... and encodes this many trace members between two such pauses.
-ENCODE_MEMBERS_AT_ONCE = 1000
 # Redis errors are logged at most this often.
 WARN_EVERY_SECONDS = 30.0
-_EMPTY: Summary = (None, None, None, None)
+
+_msgpack = msgspec.msgpack.Encoder()
 
 
-# A record as built: a tuple of ``Record``'s fields, in order (the payload fields only when set).
-RecordFields = tuple[Any, ...]
-# Where a record's fields end when it carries no payload (``Record``'s first 14 fields).
-WITHOUT_PAYLOAD = 14
+class Encoded(NamedTuple):
+    """An entry ready to write: its source, the messageIds it holds, its bytes, its counts."""
 
-
-class Flush(msgspec.Struct, kw_only=True):
-    """One flush's records, by source (live) and by messageId (traces)."""
-
-    by_source: dict[str, list[RecordFields]] = {}
-    by_message: dict[str, list[RecordFields]] = {}
-    # Each event's summary, by the id of the event object (alive while the flush is built: its
-    # outcomes hold it); the normalise and buffer outcomes of a request share one.
-    summaries: dict[int, Summary] = {}
+    source_id: str
+    message_ids: list[str | None]
+    data: bytes
+    outcomes: int
+    received: int
+    violations: int
+    failures: int
 
 
 class Recorder:
-    """Queues outcomes on the request path and writes them to Redis from a task of its own."""
+    """Encodes outcome lists on the request path; writes them from a task of its own."""
 
     def __init__(self, runtime: Runtime, config: DebuggerConfig) -> None:
         self.runtime = runtime
         self.config = config
         self.keys = DebuggerKeys.of(runtime)
         self.role = runtime.role
-        self._queue: deque[tuple[float, list[Outcome]]] = deque()
+        self._queue: deque[Encoded] = deque()
         self._queued = 0
         # Outcomes not kept (queue full, or Redis failing), not yet reported to Redis.
         self._unrecorded = 0
@@ -102,7 +98,9 @@ class Recorder:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         # The identity of the event whose payload was kept last, by messageId, until its buffer
-        # outcome (``build``).
+        # outcome: (id, receivedAt), which holds no reference to it. An object's id is unique
+        # while it lives, and the request holds its events until its end; a later request's
+        # event with the same messageId has its own receivedAt.
         self._remembered: dict[str, tuple[int, Any]] = {}
         self._cursor = SliceCursor(config)
         self._members = MemberWriter()
@@ -114,15 +112,145 @@ class Recorder:
     # -- the request path --
 
     def take(self, outcomes: list[Outcome]) -> None:
-        """Queue ``outcomes`` for the next flush (the observer hook; never waits)."""
+        """Encode ``outcomes`` for the next flush (the observer hook; never waits)."""
         count = len(outcomes)
+        if not count:
+            return
         if self._queued + count > self.config.queue_max_outcomes:
             self._unrecorded += count  # reported by the next flush
         else:
-            self._queue.append((time.time(), outcomes))
+            at = time.time()
+            first = outcomes[0]
+            key = (first.source_id, first.stage, first.sink)
+            if all((o.source_id, o.stage, o.sink) == key for o in outcomes):
+                self._queue.append(self._encode(at, outcomes))
+            else:  # a worker's batch of several sources, or a plugin's mixed outcomes
+                groups: dict[tuple[Any, ...], list[Outcome]] = {}
+                for outcome in outcomes:
+                    group_key = (outcome.source_id, outcome.stage, outcome.sink)
+                    groups.setdefault(group_key, []).append(outcome)
+                self._queue.extend(self._encode(at, group) for group in groups.values())
             self._queued += count
         if not self._wake.is_set():
             self._wake.set()
+
+    def _encode(self, at: float, outcomes: list[Outcome]) -> Encoded:
+        """One entry of outcomes that share their source, stage and sink."""
+        first = outcomes[0]
+        stage = first.stage
+        count = len(outcomes)
+        message_ids = [outcome.message_id for outcome in outcomes]
+        statuses: list[str] | None = [outcome.status for outcome in outcomes]
+        status = first.status
+        if statuses.count(status) == count:  # type: ignore[union-attr]
+            statuses = None
+        reasons = self._texts([outcome.reason for outcome in outcomes], REASON_CHARS)
+        details = self._texts([outcome.detail for outcome in outcomes], DETAIL_CHARS)
+        payloads: list[Any] | None = None
+        sizes: list[int] | None = None
+        summaries: list[Any] | None = None
+        if stage != "deliver":
+            payloads, sizes, summaries = self._payloads(outcomes, message_ids, stage)
+        entry = Entry(
+            at=at,
+            stage=stage,
+            source_id=first.source_id or NO_SOURCE,
+            role=self.role,
+            message_ids=message_ids,
+            status="" if statuses is not None else status,
+            statuses=statuses,
+            reasons=reasons,
+            details=details,
+            sink=first.sink,
+            sink_kind=self._sink_kind(first.sink) if first.sink is not None else None,
+            payloads=payloads,
+            sizes=sizes,
+            summaries=summaries,
+        )
+        if statuses is None:
+            received = (
+                count if stage in ARRIVAL_STAGES and status in ("accepted", "rejected") else 0
+            )
+            violations = count if status == "violation" else 0
+            failures = count if status in FAILURE_STATUSES else 0
+        else:
+            received = (
+                statuses.count("accepted") + statuses.count("rejected")
+                if stage in ARRIVAL_STAGES
+                else 0
+            )
+            violations = statuses.count("violation")
+            failures = sum(statuses.count(failed) for failed in FAILURE_STATUSES)
+        return Encoded(
+            source_id=entry.source_id,
+            message_ids=message_ids,
+            data=entry_encoder.encode(entry),
+            outcomes=count,
+            received=received,
+            violations=violations,
+            failures=failures,
+        )
+
+    def _payloads(
+        self, outcomes: list[Outcome], message_ids: list[str | None], stage: str
+    ) -> tuple[list[Any] | None, list[int] | None, list[Any] | None]:
+        """What each outcome shows of its event (None where this process kept it already)."""
+        cap = self.config.payload_bytes
+        remembered = self._remembered
+        payloads: list[Any] = [None] * len(outcomes)
+        sizes: list[int] | None = None
+        summaries: list[Any] | None = None
+        kept = False
+        for position, outcome in enumerate(outcomes):
+            event = outcome.event
+            message_id = outcome.message_id
+            if event is not None and message_id is not None:
+                identity = (id(event), event.received_at)
+                if remembered.get(message_id) != identity:
+                    encoded = _msgpack.encode(event)
+                    if 2 * len(encoded) > cap or may_hold_write_key(encoded):
+                        # Maybe past the cap as JSON, or a write key: look closer.
+                        shown = event_payload(event, cap)
+                        if shown.value is not event:
+                            encoded = _msgpack.encode(shown.value)
+                            if shown.truncated:
+                                sizes = sizes or [0] * len(outcomes)
+                                sizes[position] = shown.size
+                    payloads[position] = msgspec.Raw(encoded)
+                    kept = True
+                    remembered[message_id] = identity
+                    if len(remembered) > MAX_REMEMBERED:
+                        del remembered[next(iter(remembered))]
+                if stage == "buffer" or outcome.status in ENDING_STATUSES:
+                    remembered.pop(message_id, None)  # its way through this collector ends
+            elif event is None and outcome.payload is not None:
+                shown, value = message_payload(outcome.payload, cap)
+                summary, written_id = message_summary(value)
+                payloads[position] = shown.value
+                kept = True
+                if shown.truncated:
+                    sizes = sizes or [0] * len(outcomes)
+                    sizes[position] = shown.size
+                summaries = summaries or [None] * len(outcomes)
+                summaries[position] = summary
+                if message_id is None and written_id and len(written_id) <= MAX_TRACED_ID_CHARS:
+                    message_ids[position] = written_id  # refused before it was an event
+        return (payloads if kept else None), sizes, summaries
+
+    def _texts(self, texts: list[str | None], limit: int) -> list[str | None] | None:
+        if texts.count(None) == len(texts):
+            return None
+        mask = self._mask
+        return [None if text is None else mask(shorten(text, limit)) for text in texts]
+
+    def _sink_kind(self, name: str) -> str:
+        kind = self._sink_kinds.get(name)
+        if kind is None:
+            kind = next(
+                (sink.kind for sink in self.runtime.sinks if sink.name == name), "destination"
+            )
+            self._sink_kinds[name] = kind
+        return kind
 
     # -- the flusher --
 
@@ -165,14 +293,10 @@ class Recorder:
         unrecorded, self._unrecorded = self._unrecorded, 0
         if not taken and not unrecorded:
             return
-        built = Flush(by_source={}, by_message={}, summaries={})
-        for start in range(0, len(taken), BUILD_LISTS_AT_ONCE):
-            self.build(taken[start : start + BUILD_LISTS_AT_ONCE], built)
-            await asyncio.sleep(0)  # requests in flight go on between the pieces
         try:
-            await self._write(built, unrecorded)
+            await self._write(taken, unrecorded)
         except (RedisError, OSError) as error:
-            lost = sum(len(outcomes) for _, outcomes in taken)
+            lost = sum(encoded.outcomes for encoded in taken)
             self._unrecorded += lost + unrecorded
             now = time.monotonic()
             if now - self._warned_at > WARN_EVERY_SECONDS:
@@ -182,158 +306,72 @@ class Recorder:
             log.exception("debugger: a flush failed")
         self.flushes += 1
 
-    # -- outcomes into records --
-
-    def build(self, taken: list[tuple[float, list[Outcome]]], flush: Flush | None = None) -> Flush:
-        """The records of ``taken`` (added to ``flush``), by source and by messageId.
-
-        The hot path of the debugger: each record is a tuple in ``Record``'s field order (what
-        msgpack stores; ``Record`` decodes it), the summary is computed once per event object,
-        and an event's JSON only where this process sees it first or changed.
-        """
-        flush = flush if flush is not None else Flush(by_source={}, by_message={}, summaries={})
-        by_source, by_message = flush.by_source, flush.by_message
-        role = self.role
-        remembered = self._remembered
-        summaries = flush.summaries
-        for at, outcomes in taken:
-            for outcome in outcomes:
-                event = outcome.event
-                message_id = outcome.message_id
-                stage = outcome.stage
-                status = outcome.status
-                shown = None
-                if event is not None:
-                    summary = summaries.get(id(event))
-                    if summary is None:
-                        summary = summaries[id(event)] = event_summary(event)
-                    if stage != "deliver" and message_id is not None:
-                        # The event's identity, without holding it: an object's id is unique
-                        # while it lives, and a later request's event has its own receivedAt.
-                        identity = (id(event), event.received_at)
-                        if remembered.get(message_id) != identity:
-                            # First seen here, or a stage made a new event: keep it (encoded
-                            # with its record; its size and write keys are checked then).
-                            shown = (event, 0, False)
-                            remembered[message_id] = identity
-                            if len(remembered) > MAX_REMEMBERED:
-                                del remembered[next(iter(remembered))]
-                        if stage == "buffer" or status == "rejected" or status == "dropped":
-                            del remembered[message_id]  # the end of its way through here
-                elif outcome.payload is not None:
-                    shown, value = message_payload(outcome.payload, self.config.payload_bytes)
-                    summary, written_id = message_summary(value)
-                    if message_id is None and written_id and len(written_id) <= MAX_TRACED_ID_CHARS:
-                        message_id = written_id  # refused before normalisation: traced by it
-                else:
-                    summary = _EMPTY
-                reason, detail, sink = outcome.reason, outcome.detail, outcome.sink
-                if reason is not None:
-                    reason = self._mask(shorten(reason, REASON_CHARS))
-                if detail is not None:
-                    detail = self._mask(shorten(detail, DETAIL_CHARS))
-                source = outcome.source_id or NO_SOURCE
-                fields = (
-                    at,
-                    stage,
-                    status,
-                    message_id,
-                    source,
-                    *summary,
-                    reason,
-                    detail,
-                    sink,
-                    self._sink_kind(sink) if sink is not None else None,
-                    role,
-                )
-                if shown is not None:
-                    fields += tuple(shown)
-                records = by_source.get(source)
-                if records is None:
-                    records = by_source[source] = []
-                records.append(fields)
-                if message_id is not None:
-                    of_message = by_message.get(message_id)
-                    if of_message is None:
-                        by_message[message_id] = [fields]
-                    else:
-                        of_message.append(fields)
-        return flush
-
-    def record(self, at: float, outcome: Outcome) -> Record:
-        """One outcome as the debugger keeps it (``build`` for one, decoded)."""
-        [fields] = self.build([(at, [outcome])]).by_source.popitem()[1]
-        return records_decoder.decode(record_encoder.encode([fields]))[0]
-
-    async def _members_of(self, flush: Flush) -> list[bytes]:
-        """Each messageId's trace member: its records of this flush, encoded together.
-
-        An event goes into the encoding as it is (no copy of it is made first); a member long
-        enough that one of its events might be past the payload cap as JSON, or that may hold a
-        write key, is encoded again with its events checked (``event_payload``).
-        """
-        cap = self.config.payload_bytes
-        suspicious = cap // 2  # msgpack is shorter than JSON, never by half
-        encode = record_encoder.encode
-        member = self._members.member
-        members = []
-        for message_id, records in flush.by_message.items():
-            encoded = encode(records)
-            if len(encoded) > suspicious or may_hold_write_key(encoded):
-                encoded = encode([_checked(record, cap) for record in records])
-            members.append(member(message_id, records[0][0], encoded))
-            if len(members) % ENCODE_MEMBERS_AT_ONCE == 0:
-                await asyncio.sleep(0)
-        return members
-
-    def _sink_kind(self, name: str) -> str:
-        kind = self._sink_kinds.get(name)
-        if kind is None:
-            kind = next(
-                (sink.kind for sink in self.runtime.sinks if sink.name == name), "destination"
-            )
-            self._sink_kinds[name] = kind
-        return kind
-
-    # -- records into Redis --
-
-    async def _write(self, flush: Flush, unrecorded: int) -> None:
+    async def _write(self, taken: list[Encoded], unrecorded: int) -> None:
         config = self.config
         keys = self.keys
         now = time.time()
+        by_source: dict[str, list[Encoded]] = {}
+        members: list[bytes] = []
+        references: dict[str, list[bytes]] = {}
+        writer = self._members
+        for encoded in taken:
+            by_source.setdefault(encoded.source_id, []).append(encoded)
+            if encoded.message_ids.count(None) == len(encoded.message_ids):
+                continue  # nothing a trace can be found by
+            key = writer.entry_key()
+            members.append(writer.entry_member(key, encoded.data))
+            for position, message_id in enumerate(encoded.message_ids):
+                if message_id is not None:
+                    found = references.get(message_id)
+                    if found is None:
+                        references[message_id] = [reference(key, position)]
+                    else:
+                        found.append(reference(key, position))
+        members += [index_member(message_id, found) for message_id, found in references.items()]
+        commands: list[Command] = []
+        for source, entries in by_source.items():
+            live = keys.live(source)
+            for chunk in _chunks(entries, config.live_records_per_entry):
+                commands.append(
+                    (
+                        b"XADD",
+                        live,
+                        b"MAXLEN",
+                        b"~",
+                        config.live_max_entries,
+                        b"*",
+                        *_live_fields(chunk),
+                    )
+                )
+            commands.append((b"EXPIRE", live, config.live_seconds * 2))
+        if by_source:
+            seen = int(now)
+            commands.append(
+                (b"HSET", keys.sources, *(part for s in by_source for part in (s, seen)))
+            )
         slice_name = None
         slice_total_at = -1
-        async with self.runtime.redis.pipeline(transaction=False) as pipe:
-            for source, records in flush.by_source.items():
-                live = keys.live(source)
-                per_entry = config.live_records_per_entry
-                for start in range(0, len(records), per_entry):
-                    chunk = records[start : start + per_entry]
-                    pipe.xadd(
-                        live,
-                        _live_fields(chunk),
-                        maxlen=config.live_max_entries,
-                        approximate=True,
-                    )
-                pipe.expire(live, config.live_seconds * 2)
-            if flush.by_source:
-                pipe.hset(keys.sources, mapping=dict.fromkeys(flush.by_source, int(now)))
-            if flush.by_message:
-                slice_name = self._cursor.current(now)
-                members = await self._members_of(flush)
-                accounted = sum(member_cost(member) for member in members)
-                slice_key = keys.slice(slice_name)
-                pipe.zadd(slice_key, dict.fromkeys(members, 0))
-                # Kept past the retention by one slice, so its first member is kept that long.
-                keep = config.trace_seconds + 2 * config.slice_seconds
-                pipe.expire(slice_key, keep)
-                slice_total_at = len(pipe.command_stack)
-                pipe.hincrby(keys.slices, slice_name, accounted)
-                pipe.expire(keys.slices, keep)
-            if unrecorded:
-                pipe.hincrby(keys.unrecorded, self.role, unrecorded)
-                pipe.expire(keys.unrecorded, config.live_seconds * 2)
-            replies = await pipe.execute()
+        if members:
+            slice_name = self._cursor.current(now)
+            slice_key = keys.slice(slice_name)
+            zadd: list[bytes | str | int] = [b"ZADD", slice_key]
+            for member in members:
+                zadd += (b"0", member)
+            commands.append(tuple(zadd))
+            # Kept past the retention by one slice, so its first member is kept that long.
+            keep = config.trace_seconds + 2 * config.slice_seconds
+            commands.append((b"EXPIRE", slice_key, keep))
+            slice_total_at = len(commands)
+            accounted = sum(member_cost(member) for member in members)
+            commands.append((b"HINCRBY", keys.slices, slice_name, accounted))
+            commands.append((b"EXPIRE", keys.slices, keep))
+        if unrecorded:
+            commands.append((b"HINCRBY", keys.unrecorded, self.role, unrecorded))
+            commands.append((b"EXPIRE", keys.unrecorded, config.live_seconds * 2))
+        replies = await execute(self.runtime.redis, commands)
+        failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
+        if failed is not None:
+            raise failed
         if unrecorded:
             self.unrecorded_total += unrecorded
             log.warning(
@@ -345,30 +383,34 @@ class Recorder:
             self._cursor.accounted(slice_name, int(replies[slice_total_at]))
 
 
-def _checked(record: RecordFields, cap: int) -> RecordFields:
-    """A record whose event payload is replaced by what ``event_payload`` keeps of it."""
-    if len(record) <= WITHOUT_PAYLOAD or not isinstance(record[WITHOUT_PAYLOAD], EventBase):
-        return record
-    return record[:WITHOUT_PAYLOAD] + tuple(event_payload(record[WITHOUT_PAYLOAD], cap))
+def _chunks(entries: list[Encoded], outcomes: int) -> list[list[Encoded]]:
+    """Entries in groups of about ``outcomes`` outcomes (an entry is never split)."""
+    chunks: list[list[Encoded]] = []
+    current: list[Encoded] = []
+    size = 0
+    for encoded in entries:
+        if current and size + encoded.outcomes > outcomes:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(encoded)
+        size += encoded.outcomes
+    if current:
+        chunks.append(current)
+    return chunks
 
 
-def _live_fields(records: list[RecordFields]) -> dict[str, bytes | int]:
-    """A live entry: the records without their payloads (the trace has them), except for
-    messages no trace can hold (no messageId), and the counts the chart draws."""
-    listed = [record[:WITHOUT_PAYLOAD] if record[3] is not None else record for record in records]
-    received = violations = failures = 0
-    for record in records:
-        stage, status = record[1], record[2]
-        if status == "violation":
-            violations += 1
-        elif status in FAILURE_STATUSES:
-            failures += 1
-        if stage in ARRIVAL_STAGES and (status == "accepted" or status == "rejected"):
-            received += 1
-    return {
-        "r": record_encoder.encode(listed),
-        "n": len(records),
-        "e": received,
-        "v": violations,
-        "f": failures,
-    }
+def _live_fields(entries: list[Encoded]) -> tuple[bytes | int, ...]:
+    """A live stream entry's fields: the entries (events included), and the counts the chart
+    draws."""
+    return (
+        b"x",
+        frame([encoded.data for encoded in entries]),
+        b"n",
+        sum(encoded.outcomes for encoded in entries),
+        b"e",
+        sum(encoded.received for encoded in entries),
+        b"v",
+        sum(encoded.violations for encoded in entries),
+        b"f",
+        sum(encoded.failures for encoded in entries),
+    )

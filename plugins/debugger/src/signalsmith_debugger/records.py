@@ -25,6 +25,9 @@ STATUS_FILTERS = {
 }
 StatusFilter = Literal["rejected", "violated", "dropped", "failed"]
 
+# Summary fields (event names, user ids) are client strings: shown this long at most.
+SUMMARY_CHARS = 200
+
 # Counted for the live chart: events received, contract violations, failures.
 FAILURE_STATUSES = frozenset({"rejected", "retried", "dead_lettered"})
 
@@ -58,6 +61,91 @@ class Record(msgspec.Struct, array_like=True, omit_defaults=True, kw_only=True):
 
 record_encoder = msgspec.msgpack.Encoder()
 records_decoder = msgspec.msgpack.Decoder(list[Record])
+
+
+class Entry(msgspec.Struct, array_like=True, omit_defaults=True, kw_only=True):
+    """One observed list of outcomes of one source (a request's stage, a sink's settled batch)
+    as stored: in the live stream, and in the trace slices, which index it by messageId.
+
+    Stored whole, once, in msgpack: building one costs a few list comprehensions and one
+    encoding, whatever the number of events. ``expand`` makes its records.
+    """
+
+    at: float
+    stage: str
+    source_id: str
+    role: str
+    message_ids: list[str | None]
+    # The status of every outcome, or (``statuses``) of each.
+    status: str = ""
+    statuses: list[str] | None = None
+    reasons: list[str | None] | None = None
+    details: list[str | None] | None = None
+    sink: str | None = None
+    sink_kind: str | None = None
+    # What each outcome showed of its event, where this process had not kept it already (None
+    # elsewhere): the event, or for a message refused before it became one, what it held (write
+    # keys hidden, shortened past the cap).
+    payloads: list[Any] | None = None
+    # The full size as JSON of each payload that was shortened (0: not shortened).
+    sizes: list[int] | None = None
+    # The summary of each outcome that has no event (a refused message), as (type, name,
+    # userId, anonymousId).
+    summaries: list[tuple[str | None, str | None, str | None, str | None] | None] | None = None
+
+    def expand(self, position: int) -> Record:
+        """The record of the outcome at ``position``."""
+        payload = self.payloads[position] if self.payloads is not None else None
+        summary = self.summaries[position] if self.summaries is not None else None
+        if summary is None and isinstance(payload, dict):
+            summary = summary_of(payload)
+        size = self.sizes[position] if self.sizes is not None else 0
+        return Record(
+            at=self.at,
+            stage=self.stage,
+            status=self.statuses[position] if self.statuses is not None else self.status,
+            message_id=self.message_ids[position],
+            source_id=self.source_id,
+            type=summary[0] if summary else None,
+            event=summary[1] if summary else None,
+            user_id=summary[2] if summary else None,
+            anonymous_id=summary[3] if summary else None,
+            reason=self.reasons[position] if self.reasons is not None else None,
+            detail=self.details[position] if self.details is not None else None,
+            sink=self.sink,
+            sink_kind=self.sink_kind,
+            role=self.role,
+            payload=payload,
+            payload_size=size,
+            payload_truncated=size > 0,
+        )
+
+    def records(self) -> list[Record]:
+        return [self.expand(position) for position in range(len(self.message_ids))]
+
+
+entry_encoder = msgspec.msgpack.Encoder()
+entry_decoder = msgspec.msgpack.Decoder(Entry)
+
+
+def summary_of(value: dict[str, Any]) -> tuple[str | None, str | None, str | None, str | None]:
+    """(type, name, userId, anonymousId) of an event or message as stored (wire field names)."""
+    kind = value.get("type")
+    name = value.get("event") if kind == "track" else value.get("name")
+    return (
+        _text(kind),
+        _text(name),
+        _text(value.get("userId")),
+        _text(value.get("anonymousId")),
+    )
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value if len(value) <= SUMMARY_CHARS else f"{value[:SUMMARY_CHARS]}…"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
 class RecordView(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):

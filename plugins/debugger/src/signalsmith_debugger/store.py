@@ -7,11 +7,12 @@ Keys (``P`` is ``SIGNALSMITH_KEY_PREFIX``):
   (msgpack, payloads left out), capped by ``XADD MAXLEN ~`` and trimmed to the live window
   (``XTRIM MINID ~``) by the janitor. ``P:debugger:sources`` maps each source to when it was
   last seen.
-- ``P:debugger:trace:<slice>``: a sorted set per slice of time, one member per messageId and
-  flush: the messageId (length-prefixed), the time and writer, then its records. All scores are
-  0, so a messageId's members are found by lexical range in every slice. A slice closes after
-  ``slice_seconds`` or once it holds 1/16 of the cap; ``P:debugger:trace-slices`` maps each
-  slice to the bytes accounted to it.
+- ``P:debugger:trace:<slice>``: a sorted set per slice of time (all scores 0, so members are
+  found by lexical range) holding two kinds of member: each observed entry (``Entry``: one
+  request's stage, one sink's settled batch) once, after ``ENTRY_MARK`` and its key; and per
+  messageId and flush an index member, the messageId (length-prefixed) then where its outcomes
+  are (entry key and position). A slice closes after ``slice_seconds`` or once it holds 1/16 of
+  the cap; ``P:debugger:trace-slices`` maps each slice to the bytes accounted to it.
 - The janitor (any one process at a time) drops slices past the retention and, while the
   accounted total is above ``trace_max_bytes``, the oldest slice: the cap holds, evicting
   oldest first, at most about 1/16 of what is kept at a time.
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 
 from signalsmith_debugger.config import DebuggerConfig
-from signalsmith_debugger.records import Record, records_decoder
+from signalsmith_debugger.records import Record, entry_decoder
 
 if TYPE_CHECKING:
     from signalsmith import Runtime
@@ -43,10 +44,8 @@ log = logging.getLogger("signalsmith.debugger")
 MEMBER_OVERHEAD = 104
 # An sds string's header and terminator, around a member's bytes.
 _SDS_EXTRA = 6
-# A member's header after the messageId: time (µs), writer, sequence.
-_STAMP = struct.Struct(">QII")
-_STAMP_BYTES = _STAMP.size
 _LENGTH = struct.Struct(">H")
+_KEY = struct.Struct(">IQ")
 
 
 class DebuggerKeys:
@@ -72,34 +71,58 @@ class DebuggerKeys:
         return f"{self.prefix}:trace:{name}"
 
 
-# --- trace members --------------------------------------------------------------------------
+# --- trace members -------------------------------------------------------------------------
+
+# Entry members sort after every index member: those start with a messageId's length, and no
+# messageId traced is 65,535 bytes long.
+ENTRY_MARK = b"\xff\xff"
+# An entry's key: the writer (4 bytes) and its sequence (8).
+ENTRY_KEY_BYTES = 12
+# A reference in an index member: an entry's key and the outcome's position in it.
+_REFERENCE = struct.Struct(">12sH")
 
 
 def member_prefix(message_id: str) -> bytes:
-    """What every member of ``message_id`` starts with: its length, then itself, so that no
-    messageId's members fall in another's range (one may be a prefix of another)."""
+    """What every index member of ``message_id`` starts with: its length, then itself, so that
+    no messageId's members fall in another's range (one may be a prefix of another)."""
     raw = message_id.encode()
     return _LENGTH.pack(len(raw)) + raw
 
 
 class MemberWriter:
-    """Builds members unique across processes: time, a random writer id, a sequence."""
+    """Builds members unique across processes: a random writer id and a sequence in each key."""
 
     def __init__(self) -> None:
         self._writer = (os.getpid() ^ random.getrandbits(32)) & 0xFFFFFFFF
         self._sequence = 0
 
-    def member(self, message_id: str, at: float, records: bytes) -> bytes:
-        self._sequence = sequence = (self._sequence + 1) & 0xFFFFFFFF
-        raw = message_id.encode()
-        return b"".join(
-            (
-                _LENGTH.pack(len(raw)),
-                raw,
-                _STAMP.pack(int(at * 1_000_000), self._writer, sequence),
-                records,
-            )
-        )
+    def entry_key(self) -> bytes:
+        self._sequence += 1
+        return _KEY.pack(self._writer, self._sequence)
+
+    @staticmethod
+    def entry_member(key: bytes, entry: bytes) -> bytes:
+        return b"".join((ENTRY_MARK, key, entry))
+
+
+def reference(key: bytes, position: int) -> bytes:
+    """Where an outcome is: its entry's key and its position there."""
+    return _REFERENCE.pack(key, position)
+
+
+def index_member(message_id: str, references: list[bytes]) -> bytes:
+    """Where ``message_id``'s outcomes of one flush are (unique: each entry's key is)."""
+    raw = message_id.encode()
+    return b"".join((_LENGTH.pack(len(raw)), raw, *references))
+
+
+def member_references(member: bytes) -> list[tuple[bytes, int]]:
+    length = _LENGTH.unpack_from(member)[0]
+    start = _LENGTH.size + length
+    return [
+        _REFERENCE.unpack_from(member, offset)
+        for offset in range(start, len(member), _REFERENCE.size)
+    ]
 
 
 def member_cost(member: bytes) -> int:
@@ -117,9 +140,19 @@ def allocation_size(size: int) -> int:
     return (size + spacing - 1) // spacing * spacing
 
 
-def member_records(member: bytes) -> list[Record]:
-    length = int.from_bytes(member[:2], "big")
-    return records_decoder.decode(member[2 + length + _STAMP_BYTES :])
+def frame(blobs: list[bytes]) -> bytes:
+    """Entries as a live stream entry holds them: each after its length (4 bytes)."""
+    return b"".join(b"".join((len(blob).to_bytes(4, "big"), blob)) for blob in blobs)
+
+
+def unframe(framed: bytes) -> list[bytes]:
+    blobs = []
+    position = 0
+    while position < len(framed):
+        length = int.from_bytes(framed[position : position + 4], "big")
+        blobs.append(framed[position + 4 : position + 4 + length])
+        position += 4 + length
+    return blobs
 
 
 # --- slices -----------------------------------------------------------------------------------
@@ -181,17 +214,35 @@ class TraceReader:
         if not names:
             return [], None
         prefix = member_prefix(message_id)
-        low, high = b"[" + prefix, b"(" + prefix + b"\xff"
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
-                pipe.zrangebylex(self.keys.slice(name), low, high)
-            replies = await pipe.execute()
-        found = [
-            record for members in replies for member in members for record in member_records(member)
+                pipe.zrangebylex(self.keys.slice(name), b"[" + prefix, b"(" + prefix + b"\xff")
+            indexes = await pipe.execute()
+        wanted = [
+            (name, key, position)
+            for name, members in zip(names, indexes, strict=True)
+            for member in members
+            for key, position in member_references(member)
         ]
-        found.sort(key=lambda record: record.at)
+        keys = list(dict.fromkeys((name, key) for name, key, _ in wanted))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name, key in keys:
+                mark = ENTRY_MARK + key
+                pipe.zrangebylex(self.keys.slice(name), b"[" + mark, b"(" + mark + b"\xff")
+            found = await pipe.execute()
+        entries = {
+            slice_key: entry_decoder.decode(members[0][len(ENTRY_MARK) + ENTRY_KEY_BYTES :])
+            for slice_key, members in zip(keys, found, strict=True)
+            if members
+        }
+        records = [
+            entries[name, key].expand(position)
+            for name, key, position in wanted
+            if (name, key) in entries
+        ]
+        records.sort(key=lambda record: record.at)
         kept_since = slice_bucket(names[0]) * self.config.slice_seconds
-        return found, float(kept_since)
+        return records, float(kept_since)
 
 
 class Janitor:
