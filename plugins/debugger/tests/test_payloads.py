@@ -12,7 +12,6 @@ from signalsmith import Identify, Track
 from signalsmith_debugger.payloads import (
     HIDDEN,
     event_payload,
-    event_summary,
     message_payload,
     message_summary,
 )
@@ -103,8 +102,9 @@ def test_a_message_that_is_not_json_is_shown_as_text() -> None:
 
 def test_summaries_shorten_client_strings() -> None:
     long_name = "E" * 5000
-    kind, name, user, anonymous = event_summary(msgspec.structs.replace(order(), event=long_name))
-    assert (kind, user, anonymous) == ("track", "ada", None)
+    stored = msgspec.to_builtins(msgspec.structs.replace(order(), event=long_name))
+    (kind, name, user, anonymous), message_id = message_summary(stored)
+    assert (kind, user, anonymous, message_id) == ("track", "ada", None, "m-1")
     assert name is not None and name.startswith("EEE") and len(name) < 300
     raw_summary, message_id = message_summary(
         {"type": "identify", "userId": 42, "messageId": "m-9"}
@@ -112,4 +112,4 @@ def test_summaries_shorten_client_strings() -> None:
     assert raw_summary == ("identify", None, "42", None)
     assert message_id == "m-9"
     identify = Identify(message_id="m-2", received_at=NOW, timestamp=NOW, anonymous_id="anon")
-    assert event_summary(identify) == ("identify", None, None, "anon")
+    assert message_summary(msgspec.to_builtins(identify))[0] == ("identify", None, None, "anon")

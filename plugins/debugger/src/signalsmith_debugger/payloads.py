@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from signalsmith import Alias, Event, Group, Identify, Page, Screen, Track
+from signalsmith import Event
 
 HIDDEN = "(hidden)"
 _WRITE_KEY_NAME = re.compile(rb"rite(?:Key|_key)")
@@ -64,30 +64,6 @@ def message_payload(raw: bytes, cap: int) -> tuple[Shown, Any]:
     if len(raw) <= cap and not may_hold_write_key(raw):
         return Shown(value, 0, False), value
     return _fit(value, len(raw), cap), value
-
-
-# Per event class: its type, and the attribute that names it (None: unnamed).
-_NAMING = {Track: ("track", "event"), Page: ("page", "name"), Screen: ("screen", "name")}
-_UNNAMED = {Identify: "identify", Group: "group", Alias: "alias"}
-
-
-def event_summary(event: Event) -> Summary:
-    kind = type(event)
-    naming = _NAMING.get(kind)
-    if naming is not None:
-        name = getattr(event, naming[1])
-        type_name = naming[0]
-    else:
-        name = None
-        type_name = _UNNAMED.get(kind) or event.type
-    user_id, anonymous_id = event.user_id, event.anonymous_id
-    if name is not None and len(name) > SUMMARY_CHARS:
-        name = shorten(name, SUMMARY_CHARS)
-    if user_id is not None and len(user_id) > SUMMARY_CHARS:
-        user_id = shorten(user_id, SUMMARY_CHARS)
-    if anonymous_id is not None and len(anonymous_id) > SUMMARY_CHARS:
-        anonymous_id = shorten(anonymous_id, SUMMARY_CHARS)
-    return (type_name, name, user_id, anonymous_id)
 
 
 def message_summary(value: Any, path_type: str | None = None) -> tuple[Summary, str | None]:

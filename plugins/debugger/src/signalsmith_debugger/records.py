@@ -1,8 +1,9 @@
-"""What the debugger stores and serves: one ``Record`` per outcome, and the views built of them.
+"""What the debugger stores and serves.
 
-A ``Record`` is what one stage did to one event (or to a message that never became one), as the
-recorder wrote it: compact (msgpack, fields by position) because every event of every source
-leaves several. The API and the page get ``RecordView`` (JSON, named fields) and ``Trace``.
+An ``Entry`` is what the recorder stores: one observed list of outcomes (a request's stage, a
+sink's settled batch), compact and encoded once. A ``Record`` is one outcome of it (what one
+stage did to one event, or to a message that never became one), as the trace and the live feed
+read them; the API and the page get ``RecordView`` (JSON, named fields) and ``Trace``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
+
+from signalsmith_debugger.payloads import message_summary
 
 # The pseudo-source of requests refused before a write key named one (401s, unreadable
 # bodies): only the admin token sees it.
@@ -25,15 +28,12 @@ STATUS_FILTERS = {
 }
 StatusFilter = Literal["rejected", "violated", "dropped", "failed"]
 
-# Summary fields (event names, user ids) are client strings: shown this long at most.
-SUMMARY_CHARS = 200
-
 # Counted for the live chart: events received, contract violations, failures.
 FAILURE_STATUSES = frozenset({"rejected", "retried", "dead_lettered"})
 
 
-class Record(msgspec.Struct, array_like=True, omit_defaults=True, kw_only=True):
-    """One outcome, as stored (in a live entry, and in the event's trace)."""
+class Record(msgspec.Struct, kw_only=True):
+    """One outcome, as an entry holds it."""
 
     # Unix time (seconds) the outcome was observed.
     at: float
@@ -57,10 +57,6 @@ class Record(msgspec.Struct, array_like=True, omit_defaults=True, kw_only=True):
     payload: Any = None
     payload_size: int = 0
     payload_truncated: bool = False
-
-
-record_encoder = msgspec.msgpack.Encoder()
-records_decoder = msgspec.msgpack.Decoder(list[Record])
 
 
 class Entry(msgspec.Struct, array_like=True, omit_defaults=True, kw_only=True):
@@ -90,7 +86,7 @@ class Entry(msgspec.Struct, array_like=True, omit_defaults=True, kw_only=True):
     # The full size as JSON of each payload that was shortened (0: not shortened).
     sizes: list[int] | None = None
     # The summary of each outcome that has no event (a refused message), as (type, name,
-    # userId, anonymousId).
+    # userId, anonymousId); an event's comes from the event.
     summaries: list[tuple[str | None, str | None, str | None, str | None] | None] | None = None
 
     def expand(self, position: int) -> Record:
@@ -98,7 +94,7 @@ class Entry(msgspec.Struct, array_like=True, omit_defaults=True, kw_only=True):
         payload = self.payloads[position] if self.payloads is not None else None
         summary = self.summaries[position] if self.summaries is not None else None
         if summary is None and isinstance(payload, dict):
-            summary = summary_of(payload)
+            summary = message_summary(payload)[0]
         size = self.sizes[position] if self.sizes is not None else 0
         return Record(
             at=self.at,
@@ -126,26 +122,6 @@ class Entry(msgspec.Struct, array_like=True, omit_defaults=True, kw_only=True):
 
 entry_encoder = msgspec.msgpack.Encoder()
 entry_decoder = msgspec.msgpack.Decoder(Entry)
-
-
-def summary_of(value: dict[str, Any]) -> tuple[str | None, str | None, str | None, str | None]:
-    """(type, name, userId, anonymousId) of an event or message as stored (wire field names)."""
-    kind = value.get("type")
-    name = value.get("event") if kind == "track" else value.get("name")
-    return (
-        _text(kind),
-        _text(name),
-        _text(value.get("userId")),
-        _text(value.get("anonymousId")),
-    )
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value if len(value) <= SUMMARY_CHARS else f"{value[:SUMMARY_CHARS]}…"
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    return None
 
 
 class RecordView(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
