@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from signalsmith_debugger.access import Viewer
 from signalsmith_debugger.config import DebuggerConfig
 from signalsmith_debugger.records import Record, entry_decoder, view
-from signalsmith_debugger.store import DebuggerKeys, unframe
+from signalsmith_debugger.store import DebuggerKeys, TraceReader, entry_keys, unframe
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -95,6 +95,7 @@ class Feed:
         self.viewer = viewer
         self.filter = wanted
         self.backfill = backfill
+        self.traces = TraceReader(redis, keys, config)
         self.buffer: deque[Record] = deque()
         self.skipped = 0
         self.reported_skipped = 0
@@ -157,6 +158,16 @@ class Feed:
         if added:
             self.ready.set()
 
+    async def records_of(self, fields: dict[bytes, bytes]) -> list[Record]:
+        """The records of a live stream entry: its entries in the trace slice (read now), and
+        those it holds itself, expanded."""
+        entries = [entry_decoder.decode(blob) for blob in unframe(fields.get(b"x", b""))]
+        if b"k" in fields:
+            entries += await self.traces.entries(_text(fields[b"s"]), entry_keys(fields[b"k"]))
+        records = [record for entry in entries for record in entry.records()]
+        records.sort(key=lambda record: record.at)
+        return records
+
     def take(self, limit: int = SEND_BATCH) -> list[Record]:
         taken = [self.buffer.popleft() for _ in range(min(limit, len(self.buffer)))]
         if not self.buffer:
@@ -187,7 +198,7 @@ class Feed:
             if not self.backfill:
                 continue
             for _, fields in reversed(entries):
-                recent += [r for r in records_of(fields[b"x"]) if self.matches(r)]
+                recent += [r for r in await self.records_of(fields) if self.matches(r)]
         self._sources_at = time.monotonic()
         recent.sort(key=lambda record: record.at)
         return recent[-self.backfill :] if self.backfill else []
@@ -223,7 +234,7 @@ class Feed:
                 counts[0] += int(fields.get(b"e", 0))
                 counts[1] += int(fields.get(b"v", 0))
                 counts[2] += int(fields.get(b"f", 0))
-                self.offer(records_of(fields[b"x"]))
+                self.offer(await self.records_of(fields))
 
     def take_counts(self) -> dict[str, dict[str, int]]:
         counts = {
@@ -327,11 +338,6 @@ def _remember(seen: OrderedDict[str, bool], message_id: str, value: bool) -> Non
     seen[message_id] = value
     if len(seen) > MAX_FOLLOWED:
         seen.popitem(last=False)
-
-
-def records_of(framed: bytes) -> list[Record]:
-    """The records of a live stream entry (its entries, expanded)."""
-    return [record for blob in unframe(framed) for record in entry_decoder.decode(blob).records()]
 
 
 def _records(records: list[Record]) -> ServerSentEventMessage:

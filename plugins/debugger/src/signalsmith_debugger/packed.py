@@ -16,11 +16,25 @@ from redis.exceptions import ResponseError
 Command = tuple[bytes | str | int, ...]
 
 
-def pack(commands: list[Command]) -> bytes:
-    """``commands`` in RESP, as a Redis server reads them."""
+def pack_zadd(key: str, members: list[bytes]) -> bytes:
+    """``ZADD key 0 member ...`` in RESP (the flush's longest command, packed in one pass)."""
+    head = key.encode()
+    return b"".join(
+        (
+            b"*%d\r\n$4\r\nZADD\r\n$%d\r\n%s\r\n" % (2 + 2 * len(members), len(head), head),
+            *(b"$1\r\n0\r\n$%d\r\n%s\r\n" % (len(member), member) for member in members),
+        )
+    )
+
+
+def pack(commands: list[Command | bytes]) -> bytes:
+    """``commands`` in RESP, as a Redis server reads them (bytes: one already packed)."""
     parts: list[bytes] = []
     append = parts.append
     for command in commands:
+        if isinstance(command, bytes):
+            append(command)
+            continue
         append(b"*%d\r\n" % len(command))
         for argument in command:
             if isinstance(argument, str):
@@ -33,7 +47,7 @@ def pack(commands: list[Command]) -> bytes:
     return b"".join(parts)
 
 
-async def execute(client: aioredis.Redis, commands: list[Command]) -> list[Any]:
+async def execute(client: aioredis.Redis, commands: list[Command | bytes]) -> list[Any]:
     """Send ``commands`` in one round trip; their replies in order (an error reply is the
     ``ResponseError`` in its place). A connection error raises, as redis-py's pipeline does."""
     pool = client.connection_pool

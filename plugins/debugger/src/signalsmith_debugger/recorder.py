@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from signalsmith import Outcome
 from signalsmith_debugger.config import DebuggerConfig
 from signalsmith_debugger.masking import SecretMask
-from signalsmith_debugger.packed import Command, execute
+from signalsmith_debugger.packed import Command, execute, pack_zadd
 from signalsmith_debugger.payloads import (
     event_payload,
     may_hold_write_key,
@@ -97,11 +97,10 @@ class Recorder:
         self.unrecorded_total = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        # The identity of the event whose payload was kept last, by messageId, until its buffer
-        # outcome: (id, receivedAt), which holds no reference to it. An object's id is unique
-        # while it lives, and the request holds its events until its end; a later request's
-        # event with the same messageId has its own receivedAt.
-        self._remembered: dict[str, tuple[int, Any]] = {}
+        # The event whose payload was kept last, by messageId, until its request's buffer
+        # outcome (or refusal) ends its way through this process: the request holds it that long
+        # anyway. Forgotten also when the queue is full, so nothing is held past its request.
+        self._remembered: dict[str, Any] = {}
         self._cursor = SliceCursor(config)
         self._members = MemberWriter()
         self._mask = SecretMask(runtime)
@@ -118,6 +117,9 @@ class Recorder:
             return
         if self._queued + count > self.config.queue_max_outcomes:
             self._unrecorded += count  # reported by the next flush
+            for outcome in outcomes:  # not kept: nothing of these events is remembered
+                if outcome.message_id is not None:
+                    self._remembered.pop(outcome.message_id, None)
         else:
             at = time.time()
             first = outcomes[0]
@@ -205,8 +207,7 @@ class Recorder:
             event = outcome.event
             message_id = outcome.message_id
             if event is not None and message_id is not None:
-                identity = (id(event), event.received_at)
-                if remembered.get(message_id) != identity:
+                if remembered.get(message_id) is not event:
                     encoded = _msgpack.encode(event)
                     if 2 * len(encoded) > cap or may_hold_write_key(encoded):
                         # Maybe past the cap as JSON, or a write key: look closer.
@@ -218,7 +219,7 @@ class Recorder:
                                 sizes[position] = shown.size
                     payloads[position] = msgspec.Raw(encoded)
                     kept = True
-                    remembered[message_id] = identity
+                    remembered[message_id] = event
                     if len(remembered) > MAX_REMEMBERED:
                         del remembered[next(iter(remembered))]
                 if stage == "buffer" or outcome.status in ENDING_STATUSES:
@@ -310,15 +311,17 @@ class Recorder:
         config = self.config
         keys = self.keys
         now = time.time()
-        by_source: dict[str, list[Encoded]] = {}
+        by_source: dict[str, list[tuple[Encoded, bytes | None]]] = {}
         members: list[bytes] = []
         references: dict[str, list[bytes]] = {}
         writer = self._members
         for encoded in taken:
-            by_source.setdefault(encoded.source_id, []).append(encoded)
             if encoded.message_ids.count(None) == len(encoded.message_ids):
-                continue  # nothing a trace can be found by
+                # Nothing a trace can be found by: the live stream holds it itself.
+                by_source.setdefault(encoded.source_id, []).append((encoded, None))
+                continue
             key = writer.entry_key()
+            by_source.setdefault(encoded.source_id, []).append((encoded, key))
             members.append(writer.entry_member(key, encoded.data))
             for position, message_id in enumerate(encoded.message_ids):
                 if message_id is not None:
@@ -328,7 +331,8 @@ class Recorder:
                     else:
                         found.append(reference(key, position))
         members += [index_member(message_id, found) for message_id, found in references.items()]
-        commands: list[Command] = []
+        slice_name = self._cursor.current(now) if members else ""
+        commands: list[Command | bytes] = []
         for source, entries in by_source.items():
             live = keys.live(source)
             for chunk in _chunks(entries, config.live_records_per_entry):
@@ -340,7 +344,7 @@ class Recorder:
                         b"~",
                         config.live_max_entries,
                         b"*",
-                        *_live_fields(chunk),
+                        *_live_fields(chunk, slice_name),
                     )
                 )
             commands.append((b"EXPIRE", live, config.live_seconds * 2))
@@ -349,15 +353,10 @@ class Recorder:
             commands.append(
                 (b"HSET", keys.sources, *(part for s in by_source for part in (s, seen)))
             )
-        slice_name = None
         slice_total_at = -1
         if members:
-            slice_name = self._cursor.current(now)
             slice_key = keys.slice(slice_name)
-            zadd: list[bytes | str | int] = [b"ZADD", slice_key]
-            for member in members:
-                zadd += (b"0", member)
-            commands.append(tuple(zadd))
+            commands.append(pack_zadd(slice_key, members))
             # Kept past the retention by one slice, so its first member is kept that long.
             keep = config.trace_seconds + 2 * config.slice_seconds
             commands.append((b"EXPIRE", slice_key, keep))
@@ -379,38 +378,48 @@ class Recorder:
                 unrecorded,
                 config.queue_max_outcomes,
             )
-        if slice_name is not None:
+        if members:
             self._cursor.accounted(slice_name, int(replies[slice_total_at]))
 
 
-def _chunks(entries: list[Encoded], outcomes: int) -> list[list[Encoded]]:
+def _chunks(
+    entries: list[tuple[Encoded, bytes | None]], outcomes: int
+) -> list[list[tuple[Encoded, bytes | None]]]:
     """Entries in groups of about ``outcomes`` outcomes (an entry is never split)."""
-    chunks: list[list[Encoded]] = []
-    current: list[Encoded] = []
+    chunks: list[list[tuple[Encoded, bytes | None]]] = []
+    current: list[tuple[Encoded, bytes | None]] = []
     size = 0
-    for encoded in entries:
-        if current and size + encoded.outcomes > outcomes:
+    for item in entries:
+        count = item[0].outcomes
+        if current and size + count > outcomes:
             chunks.append(current)
             current, size = [], 0
-        current.append(encoded)
-        size += encoded.outcomes
+        current.append(item)
+        size += count
     if current:
         chunks.append(current)
     return chunks
 
 
-def _live_fields(entries: list[Encoded]) -> tuple[bytes | int, ...]:
-    """A live stream entry's fields: the entries (events included), and the counts the chart
-    draws."""
+def _live_fields(entries: list[tuple[Encoded, bytes | None]], slice_name: str) -> tuple[Any, ...]:
+    """A live stream entry's fields: where its entries are in the trace slice (``s``, the
+    slice; ``k``, their keys), the entries no trace holds (``x``, framed), and the counts the
+    chart draws."""
+    keys = [key for _, key in entries if key is not None]
+    inline = [encoded.data for encoded, key in entries if key is None]
+    fields: list[Any] = []
+    if keys:
+        fields += (b"s", slice_name, b"k", b"".join(keys))
+    if inline:
+        fields += (b"x", frame(inline))
     return (
-        b"x",
-        frame([encoded.data for encoded in entries]),
+        *fields,
         b"n",
-        sum(encoded.outcomes for encoded in entries),
+        sum(encoded.outcomes for encoded, _ in entries),
         b"e",
-        sum(encoded.received for encoded in entries),
+        sum(encoded.received for encoded, _ in entries),
         b"v",
-        sum(encoded.violations for encoded in entries),
+        sum(encoded.violations for encoded, _ in entries),
         b"f",
-        sum(encoded.failures for encoded in entries),
+        sum(encoded.failures for encoded, _ in entries),
     )

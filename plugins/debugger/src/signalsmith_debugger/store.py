@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 
 from signalsmith_debugger.config import DebuggerConfig
-from signalsmith_debugger.records import Record, entry_decoder
+from signalsmith_debugger.records import Entry, Record, entry_decoder
 
 if TYPE_CHECKING:
     from signalsmith import Runtime
@@ -145,6 +145,11 @@ def frame(blobs: list[bytes]) -> bytes:
     return b"".join(b"".join((len(blob).to_bytes(4, "big"), blob)) for blob in blobs)
 
 
+def entry_keys(joined: bytes) -> list[bytes]:
+    """The entry keys a live stream entry lists (``k``), each ENTRY_KEY_BYTES long."""
+    return [joined[at : at + ENTRY_KEY_BYTES] for at in range(0, len(joined), ENTRY_KEY_BYTES)]
+
+
 def unframe(framed: bytes) -> list[bytes]:
     blobs = []
     position = 0
@@ -207,6 +212,19 @@ class TraceReader:
     async def slices(self) -> dict[str, int]:
         raw = await self.redis.hgetall(self.keys.slices)
         return {_text(name): int(size) for name, size in raw.items()}
+
+    async def entries(self, slice_name: str, keys: list[bytes]) -> list[Entry]:
+        """The entries of ``slice_name`` with these keys (those still kept)."""
+        if not keys:
+            return []
+        slice_key = self.keys.slice(slice_name)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                mark = ENTRY_MARK + key
+                pipe.zrangebylex(slice_key, b"[" + mark, b"(" + mark + b"\xff")
+            found = await pipe.execute()
+        start = len(ENTRY_MARK) + ENTRY_KEY_BYTES
+        return [entry_decoder.decode(members[0][start:]) for members in found if members]
 
     async def records(self, message_id: str) -> tuple[list[Record], float | None]:
         """Every record of ``message_id``, in time order; and since when traces are kept."""
