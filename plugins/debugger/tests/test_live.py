@@ -143,6 +143,31 @@ async def test_the_backfill_shows_the_newest_matching_records(debugger: Debugger
     assert [r.message_id for r in await read(feed, 1)] == [later.message_id]  # nothing twice
 
 
+async def test_the_backfill_reads_back_as_far_as_it_needs(debugger: DebuggerState) -> None:
+    earlier = [event("Order Completed", f"u{n}") for n in range(70)]
+    for e in earlier:  # each in a stream entry of its own: more than a page of them
+        await observe(debugger, (e, "normalise", "accepted"))
+    feed = Feed(
+        debugger.recorder.runtime.redis,  # type: ignore[union-attr]
+        debugger.keys,
+        debugger.config,
+        ADMIN,
+        LiveFilter(user="u3"),
+        backfill=100,
+    )
+    backfill = await feed.start()
+    assert [r.message_id for r in backfill] == [earlier[3].message_id]
+    everything = Feed(
+        debugger.recorder.runtime.redis,  # type: ignore[union-attr]
+        debugger.keys,
+        debugger.config,
+        ADMIN,
+        LiveFilter(),
+        backfill=100,
+    )
+    assert [r.message_id for r in await everything.start()] == [e.message_id for e in earlier]
+
+
 async def test_a_viewer_who_does_not_read_is_skipped_and_counted(
     debugger: DebuggerState, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -32,7 +32,7 @@ class DebuggerConfig(msgspec.Struct, frozen=True, kw_only=True):
     # the bytes one event takes).
     trace_max_bytes: int = 256 * 1024 * 1024
     # How long the live streams keep records, and most entries each source's stream keeps (an
-    # entry holds up to `live_records_per_entry` records).
+    # entry lists about `live_records_per_entry` outcomes).
     live_seconds: int = 600
     live_max_entries: int = 1000
     live_records_per_entry: int = 100

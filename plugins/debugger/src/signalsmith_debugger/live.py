@@ -43,8 +43,11 @@ READ_BLOCK_MS = 1000
 SOURCES_EVERY_SECONDS = 2.0
 # How often a debugger token is checked again (revoked: the feed ends).
 RECHECK_EVERY_SECONDS = 15.0
-# Entries per stream read for the backfill that starts a feed.
-BACKFILL_ENTRIES = 20
+# The backfill that starts a feed reads each stream back this many entries at a time, until it
+# has this many outcomes per record asked for, or this many pages.
+BACKFILL_PAGE_ENTRIES = 50
+BACKFILL_OUTCOMES_PER_RECORD = 10
+BACKFILL_PAGES = 10
 # MessageIds a filter follows (their later records pass too), at most.
 MAX_FOLLOWED = 10_000
 
@@ -158,6 +161,26 @@ class Feed:
         if added:
             self.ready.set()
 
+    async def _recent_entries(self, key: str) -> list[tuple[str, dict[bytes, bytes]]]:
+        """A stream's newest entries, enough for the backfill: back until they hold
+        ``BACKFILL_OUTCOMES_PER_RECORD`` outcomes per record asked for (filters keep some), or
+        ``BACKFILL_PAGES`` pages were read."""
+        wanted = self.backfill * BACKFILL_OUTCOMES_PER_RECORD
+        found: list[tuple[str, dict[bytes, bytes]]] = []
+        outcomes = 0
+        end = "+"
+        for _ in range(BACKFILL_PAGES):
+            page = await self.redis.xrevrange(key, max=end, count=BACKFILL_PAGE_ENTRIES)
+            if not page:
+                break
+            for entry_id, fields in page:
+                found.append((_text(entry_id), fields))
+                outcomes += int(fields.get(b"n", 0))
+            if outcomes >= wanted or len(page) < BACKFILL_PAGE_ENTRIES:
+                break
+            end = "(" + _text(page[-1][0])
+        return found
+
     async def records_of(self, fields: dict[bytes, bytes]) -> list[Record]:
         """The records of a live stream entry: its entries in the trace slice (read now), and
         those it holds itself, expanded."""
@@ -187,20 +210,22 @@ class Feed:
 
     async def start(self) -> list[Record]:
         """Join the streams; return the newest matching records already there (the backfill)."""
-        recent: list[Record] = []
+        entries: list[tuple[str, dict[bytes, bytes]]] = []
         for source in await self.sources():
             key = self.keys.live(source)
-            entries = await self.redis.xrevrange(
-                key, count=BACKFILL_ENTRIES if self.backfill else 1
-            )
+            newest = await self.redis.xrevrange(key, count=1)
             # From the newest entry on; a stream not there yet holds only what comes later.
-            self.streams[key] = _text(entries[0][0]) if entries else "0-0"
-            if not self.backfill:
-                continue
-            for _, fields in reversed(entries):
-                recent += [r for r in await self.records_of(fields) if self.matches(r)]
+            self.streams[key] = _text(newest[0][0]) if newest else "0-0"
+            if self.backfill and newest:
+                entries += await self._recent_entries(key)
         self._sources_at = time.monotonic()
-        recent.sort(key=lambda record: record.at)
+        if not entries:
+            return []
+        # In the order they happened, so that a record brings the later ones of its event.
+        entries.sort(key=lambda entry: _stream_order(entry[0]))
+        recent: list[Record] = []
+        for _, fields in entries:
+            recent += [r for r in await self.records_of(fields) if self.matches(r)]
         return recent[-self.backfill :] if self.backfill else []
 
     async def run(self) -> None:
@@ -349,6 +374,11 @@ def _records(records: list[Record]) -> ServerSentEventMessage:
 
 def _message(event: str, data: Any) -> ServerSentEventMessage:
     return ServerSentEventMessage(event=event, data=_json.encode(data).decode())
+
+
+def _stream_order(entry_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 def _text(value: bytes | str) -> str:

@@ -3,10 +3,11 @@
 Keys (``P`` is ``SIGNALSMITH_KEY_PREFIX``):
 
 - ``P:debugger:live:<source>``: a stream per source (``-`` for requests refused before a source
-  was known), one entry per flush of a process with up to ``live_records_per_entry`` records
-  (msgpack, payloads left out), capped by ``XADD MAXLEN ~`` and trimmed to the live window
-  (``XTRIM MINID ~``) by the janitor. ``P:debugger:sources`` maps each source to when it was
-  last seen.
+  was known); each stream entry lists where about ``live_records_per_entry`` outcomes' entries
+  are in the trace slice (``s``, ``k``), holds those no trace can (``x``, framed), and counts
+  what the chart draws (``n``, ``e``, ``v``, ``f``). Capped by ``XADD MAXLEN ~`` and trimmed to
+  the live window (``XTRIM MINID ~``) by the janitor. ``P:debugger:sources`` maps each source
+  to when it was last seen.
 - ``P:debugger:trace:<slice>``: a sorted set per slice of time (all scores 0, so members are
   found by lexical range) holding two kinds of member: each observed entry (``Entry``: one
   request's stage, one sink's settled batch) once, after ``ENTRY_MARK`` and its key; and per
