@@ -37,7 +37,7 @@ def embedded_defaults(runtime: Runtime) -> dict[str, str]:
 
 @hookimpl
 def observe_outcomes(outcomes: list[Outcome], runtime: Runtime) -> None:
-    # On the request path: queue the list and return (the recorder writes it later).
+    # On the request path: the recorder encodes the list and queues it (it writes it later).
     state = runtime.state.get(NAME)
     if state is not None and state.recorder is not None:
         state.recorder.take(outcomes)
