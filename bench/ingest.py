@@ -15,6 +15,9 @@ runs it), then, for each CPU placement, alternates the targets for several round
 - ``collector-NAME`` (with ``--workspace NAME=FILE``): the same collector with the workspace
   document FILE applied (``signalsmith config apply``) before it starts; ``collector`` then runs
   with a workspace that only lists the source, so the pair differs by what FILE adds (a contract).
+- ``collector-without-NAME`` (with ``--without NAME``): the same collector with the installed
+  plugin NAME blocked (``SIGNALSMITH_BLOCK_PLUGINS``), so the pair is what that plugin costs
+  (the debugger, say).
 
 Every target gets the same Granian flags (both are served by ``signalsmith.server.granian_server``)
 and a fresh process per measurement. wrk (Debian) drives each scenario closed-loop for the
@@ -64,6 +67,8 @@ TARGETS = ("baseline", "baseline-coalesced", "collector")
 # The workspace `collector` runs with when `--workspace` adds targets: the benchmark's source.
 BASE_WORKSPACE = "version: 1\nsources:\n  bench: {}\n"
 HEADLINE_BASELINE = "baseline"
+# `--without NAME` adds the target WITHOUT_PREFIX + NAME: the collector with plugin NAME blocked.
+WITHOUT_PREFIX = "collector-without-"
 # Events/s and burst of the bench's write key: far above anything a run sends.
 PERMISSIVE_RATE = 100_000_000
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -240,6 +245,9 @@ class Server:
             command = [signalsmith, "worker"]
         elif target.startswith("collector"):
             env.update(collector_env)
+            if target.startswith(WITHOUT_PREFIX):
+                blocked = [env.get("SIGNALSMITH_BLOCK_PLUGINS", ""), target[len(WITHOUT_PREFIX) :]]
+                env["SIGNALSMITH_BLOCK_PLUGINS"] = ",".join(name for name in blocked if name)
             command = [signalsmith, "serve", "--port", str(self.port), "--workers", workers]
         else:
             append = "coalesced" if target == "baseline-coalesced" else "xadd"
@@ -825,7 +833,45 @@ def report(
                 )
         lines.append("")
         for target in targets:
-            if not target.startswith("collector-") or target == "collector-ref":
+            if not target.startswith(WITHOUT_PREFIX):
+                continue
+            plugin = target[len(WITHOUT_PREFIX) :]
+            lines += [
+                f"What plugin `{plugin}` costs (`{target}` is the collector without it, paired "
+                "with `collector` within each round): collector / "
+                f"{target} events/s, and server and Redis CPU µs per event without -> with.",
+                "",
+                "| scenario | events/s with / without | server CPU µs/event without -> with "
+                "| Redis CPU µs/event without -> with |",
+                "|---|---|---|---|",
+            ]
+            for scenario in scenarios:
+                ratios = paired_ratios(mine, scenario.name, target, "max")
+                cpu = {
+                    (name, field): _median(
+                        [
+                            getattr(r, field)
+                            for r in mine
+                            if r.scenario == scenario.name and r.target == name and r.kind == "max"
+                        ]
+                    )
+                    for name in ("collector", target)
+                    for field in ("cpu_us_per_event", "redis_cpu_us_per_event")
+                }
+                lines.append(
+                    f"| {scenario.name} | {_spread(ratios, '.2f')} "
+                    f"| {cpu[target, 'cpu_us_per_event']:.1f} -> "
+                    f"{cpu['collector', 'cpu_us_per_event']:.1f} "
+                    f"| {cpu[target, 'redis_cpu_us_per_event']:.1f} -> "
+                    f"{cpu['collector', 'redis_cpu_us_per_event']:.1f} |"
+                )
+            lines.append("")
+        for target in targets:
+            if (
+                not target.startswith("collector-")
+                or target == "collector-ref"
+                or target.startswith(WITHOUT_PREFIX)
+            ):
                 continue
             lines += [
                 f"With a workspace (`{target}`, paired with `collector` within each round): "
@@ -911,6 +957,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="NAME=FILE",
         help="add the target collector-NAME: the collector with workspace FILE applied",
     )
+    parser.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="add the target collector-without-NAME: the collector with plugin NAME blocked",
+    )
     parser.add_argument("--no-latency", action="store_true", help="skip the fixed-rate runs")
     parser.add_argument("--no-aof", action="store_true", help="Redis without persistence")
     parser.add_argument(
@@ -960,6 +1013,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         workspaces[f"collector-{name}"] = Path(path).resolve()
         if f"collector-{name}" not in targets:
             targets.append(f"collector-{name}")
+
+    for name in args.without:
+        if WITHOUT_PREFIX + name not in targets:
+            targets.append(WITHOUT_PREFIX + name)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -1,0 +1,68 @@
+"""The hook implementations of the debugger plugin; this module is the registered plugin."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from signalsmith import Outcome, hookimpl
+from signalsmith_debugger.config import DebuggerConfig
+from signalsmith_debugger.state import NAME, DebuggerState
+
+if TYPE_CHECKING:
+    import click
+
+    from signalsmith import Runtime
+
+
+@hookimpl
+async def startup(runtime: Runtime) -> None:
+    state = DebuggerState(runtime, DebuggerConfig.from_env())
+    runtime.state[NAME] = state
+    await state.start()
+
+
+@hookimpl
+async def shutdown(runtime: Runtime) -> None:
+    state = runtime.state.pop(NAME, None)
+    if isinstance(state, DebuggerState):
+        await state.stop()
+
+
+@hookimpl
+def embedded_defaults(runtime: Runtime) -> dict[str, str]:
+    # A line of the start banner: where the page is.
+    return {"debugger": f"{runtime.settings.local_url}/debugger/ (open it with the admin token)"}
+
+
+@hookimpl
+def observe_outcomes(outcomes: list[Outcome], runtime: Runtime) -> None:
+    # On the request path: the recorder encodes the list and queues it (it writes it later).
+    state = runtime.state.get(NAME)
+    if state is not None and state.recorder is not None:
+        state.recorder.take(outcomes)
+
+
+@hookimpl
+def register_routes(register: Callable[[Any], None]) -> None:
+    from signalsmith_debugger.routes import api_router, page, static
+
+    register(page)
+    register(static)
+    register(api_router())
+
+
+@hookimpl
+def register_admin_routes(register: Callable[[Any], None]) -> None:
+    from signalsmith_debugger.routes import admin_routes
+
+    for route in admin_routes():
+        register(route)
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    from signalsmith_debugger.cli import debugger, trace
+
+    cli.add_command(trace)
+    cli.add_command(debugger)
