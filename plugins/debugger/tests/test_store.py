@@ -169,3 +169,26 @@ async def test_a_slice_closes_at_a_sixteenth_of_the_cap(
     names = sorted(slices)
     assert len(names) >= 2
     assert all(slices[name] >= cap for name in names[:-1])
+
+
+@pytest.mark.parametrize("writer", [0xFF000001, 0xFFFFFFFF, 0x00FF0001])
+async def test_a_trace_is_found_whatever_its_writer_id(
+    debugger: DebuggerState, writer: int
+) -> None:
+    """A writer id is random: one starting with 0xff (1 process in 256) must be traced too. The
+    lexical range once ended at ``prefix + 0xff`` and lost those (a flaky trace test in CI)."""
+    debugger.recorder._members._writer = writer  # type: ignore[union-attr]
+    [message_id] = await record(debugger, 1)
+    records, _ = await debugger.traces.records(message_id)
+    assert [(r.stage, r.status) for r in records] == [
+        ("normalise", "accepted"),
+        ("buffer", "buffered"),
+    ]
+
+
+def test_a_prefix_range_holds_exactly_the_members_that_start_with_it() -> None:
+    from signalsmith_debugger.store import prefix_range
+
+    assert prefix_range(b"\x00\x05ab") == (b"[\x00\x05ab", b"(\x00\x05ac")
+    assert prefix_range(b"a\xff\xff") == (b"[a\xff\xff", b"(b")
+    assert prefix_range(b"\xff\xff") == (b"[\xff\xff", b"+")

@@ -117,6 +117,19 @@ def index_member(message_id: str, references: list[bytes]) -> bytes:
     return b"".join((_LENGTH.pack(len(raw)), raw, *references))
 
 
+def prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
+    """ZRANGEBYLEX bounds for every member that starts with ``prefix``.
+
+    The upper bound is the prefix's successor (its last byte that is not 0xff, plus one), not
+    ``prefix + b"\\xff"``: a member whose next byte is 0xff (a writer id can start with it)
+    sorts after that bound, and would never be found.
+    """
+    stem = prefix.rstrip(b"\xff")
+    if not stem:
+        return b"[" + prefix, b"+"
+    return b"[" + prefix, b"(" + stem[:-1] + bytes((stem[-1] + 1,))
+
+
 def member_references(member: bytes) -> list[tuple[bytes, int]]:
     length = _LENGTH.unpack_from(member)[0]
     start = _LENGTH.size + length
@@ -221,8 +234,7 @@ class TraceReader:
         slice_key = self.keys.slice(slice_name)
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
-                mark = ENTRY_MARK + key
-                pipe.zrangebylex(slice_key, b"[" + mark, b"(" + mark + b"\xff")
+                pipe.zrangebylex(slice_key, *prefix_range(ENTRY_MARK + key))
             found = await pipe.execute()
         start = len(ENTRY_MARK) + ENTRY_KEY_BYTES
         return [entry_decoder.decode(members[0][start:]) for members in found if members]
@@ -235,7 +247,7 @@ class TraceReader:
         prefix = member_prefix(message_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
-                pipe.zrangebylex(self.keys.slice(name), b"[" + prefix, b"(" + prefix + b"\xff")
+                pipe.zrangebylex(self.keys.slice(name), *prefix_range(prefix))
             indexes = await pipe.execute()
         wanted = [
             (name, key, position)
@@ -246,8 +258,7 @@ class TraceReader:
         keys = list(dict.fromkeys((name, key) for name, key, _ in wanted))
         async with self.redis.pipeline(transaction=False) as pipe:
             for name, key in keys:
-                mark = ENTRY_MARK + key
-                pipe.zrangebylex(self.keys.slice(name), b"[" + mark, b"(" + mark + b"\xff")
+                pipe.zrangebylex(self.keys.slice(name), *prefix_range(ENTRY_MARK + key))
             found = await pipe.execute()
         entries = {
             slice_key: entry_decoder.decode(members[0][len(ENTRY_MARK) + ENTRY_KEY_BYTES :])
