@@ -15,6 +15,9 @@ runs it), then, for each CPU placement, alternates the targets for several round
 - ``collector-NAME`` (with ``--workspace NAME=FILE``): the same collector with the workspace
   document FILE applied (``signalsmith config apply``) before it starts; ``collector`` then runs
   with a workspace that only lists the source, so the pair differs by what FILE adds (a contract).
+- ``collector-no-workspace`` (with ``--no-workspace``): the collector with no workspace applied,
+  paired with ``collector`` running with one that only lists the benchmark's source: what having a
+  workspace (the per-request ``Source`` lookup) costs.
 - ``collector-without-NAME`` (with ``--without NAME``): the same collector with the installed
   plugin NAME blocked (``SIGNALSMITH_BLOCK_PLUGINS``), so the pair is what that plugin costs
   (the debugger, say).
@@ -69,6 +72,8 @@ BASE_WORKSPACE = "version: 1\nsources:\n  bench: {}\n"
 HEADLINE_BASELINE = "baseline"
 # `--without NAME` adds the target WITHOUT_PREFIX + NAME: the collector with plugin NAME blocked.
 WITHOUT_PREFIX = "collector-without-"
+# `--no-workspace` adds this target: the collector with no workspace at all.
+NO_WORKSPACE_TARGET = "collector-no-workspace"
 # Events/s and burst of the bench's write key: far above anything a run sends.
 PERMISSIVE_RATE = 100_000_000
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -489,11 +494,14 @@ class Bench:
     # Workspace documents by target (``--workspace NAME=FILE`` -> ``collector-NAME``); with any,
     # ``collector`` runs with BASE_WORKSPACE.
     workspaces: dict[str, Path] = field(default_factory=dict)
+    # ``--no-workspace``: ``collector`` runs with BASE_WORKSPACE, NO_WORKSPACE_TARGET with none.
+    pair_without_workspace: bool = False
 
     def apply_workspace(self, target: str) -> None:
         """Apply the target's workspace to the (just emptied) Redis, as a user would."""
-        if not self.workspaces or not target.startswith("collector"):
-            return
+        wanted = self.workspaces or self.pair_without_workspace
+        if not wanted or not target.startswith("collector") or target == NO_WORKSPACE_TARGET:
+            return  # Redis was just emptied: no workspace
         document = self.workspaces.get(target)
         if document is None:
             document = self.workdir / "base-workspace.yaml"
@@ -869,7 +877,7 @@ def report(
         for target in targets:
             if (
                 not target.startswith("collector-")
-                or target == "collector-ref"
+                or target in ("collector-ref", NO_WORKSPACE_TARGET)
                 or target.startswith(WITHOUT_PREFIX)
             ):
                 continue
@@ -895,6 +903,32 @@ def report(
                 lines.append(
                     f"| {scenario.name} | {_spread(ratios, '.2f')} "
                     f"| {cpu['collector']:.1f} -> {cpu[target]:.1f} |"
+                )
+            lines.append("")
+        if NO_WORKSPACE_TARGET in targets:
+            lines += [
+                "A workspace beside none (`collector` runs with a workspace that only lists the "
+                f"benchmark's source, paired with `{NO_WORKSPACE_TARGET}` within each round): "
+                "collector / no workspace events/s, and server CPU µs per event without -> with.",
+                "",
+                "| scenario | events/s with / without | CPU µs/event without -> with |",
+                "|---|---|---|",
+            ]
+            for scenario in scenarios:
+                ratios = paired_ratios(mine, scenario.name, NO_WORKSPACE_TARGET, "max")
+                cpu = {
+                    name: _median(
+                        [
+                            r.cpu_us_per_event
+                            for r in mine
+                            if r.scenario == scenario.name and r.target == name and r.kind == "max"
+                        ]
+                    )
+                    for name in ("collector", NO_WORKSPACE_TARGET)
+                }
+                lines.append(
+                    f"| {scenario.name} | {_spread(ratios, '.2f')} "
+                    f"| {cpu[NO_WORKSPACE_TARGET]:.1f} -> {cpu['collector']:.1f} |"
                 )
             lines.append("")
         if "collector-ref" in targets:
@@ -974,6 +1008,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="extra environment for the collector (e.g. permissive rate limits)",
     )
     parser.add_argument(
+        "--no-workspace",
+        action="store_true",
+        help=f"add the target {NO_WORKSPACE_TARGET} (no workspace; collector then runs with one)",
+    )
+    parser.add_argument(
         "--reference-src",
         type=Path,
         help="another checkout whose core runs as the extra target collector-ref",
@@ -1004,6 +1043,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     targets = [name for name in args.targets.split(",") if name]
     if args.reference_src and "collector-ref" not in targets:
         targets.append("collector-ref")
+    if args.no_workspace and NO_WORKSPACE_TARGET not in targets:
+        targets.append(NO_WORKSPACE_TARGET)
     if (os.cpu_count() or 1) < 2:
         placements = [p for p in placements if p.server_cpus is None]
     collector_env = dict(item.split("=", 1) for item in args.collector_env)
@@ -1038,6 +1079,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             collector_env=collector_env,
             reference_src=args.reference_src,
             workspaces=workspaces,
+            pair_without_workspace=args.no_workspace,
         )
         for placement in placements if not args.e2e_only else []:
             log(f"{placement.name}: {placement.description}")
