@@ -172,6 +172,7 @@ def test_two_collectors_share_one_keys_free_plan(
     key = key_in(keys_cli("create", "--source", "web"))  # the free plan: 100/s, bursts of 500
     batch, seconds = 10, 3.0
     answers: list[Answer] = []
+    last_asked = [0.0] * len(collectors)
     lock = threading.Lock()
     start = threading.Barrier(len(collectors) + 1)
 
@@ -181,6 +182,7 @@ def test_two_collectors_share_one_keys_free_plan(
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline:
                 messages = [track() for _ in range(batch)]
+                last_asked[index] = time.monotonic()
                 response = http.post("/v1/batch", json={"batch": messages})
                 body = response.json()
                 answer = Answer(
@@ -210,7 +212,10 @@ def test_two_collectors_share_one_keys_free_plan(
     # Exactly the burst at once, then 100 events a second, whichever process took them: never
     # more than the clock allows, and (the clients never stopped asking) not much less.
     assert accepted <= 500 + 100 * elapsed + 1, (accepted, elapsed)
-    assert accepted >= 500 + 100 * (elapsed - 0.3) - 2 * batch, (accepted, elapsed)
+    # The floor counts the refill only until the last request was sent: on a loaded machine the
+    # last answers can take long, and what refills meanwhile is never asked for.
+    asking = max(last_asked) - began
+    assert accepted >= 500 + 100 * (asking - 0.3) - 2 * batch, (accepted, asking, elapsed)
     for index in range(len(collectors)):
         mine = [a for a in answers if a.collector == index]
         assert {a.status for a in mine} == {200, 429}, f"collector {index}: {mine[:3]}"
