@@ -28,10 +28,10 @@ import redis.asyncio as aioredis
 # thousands of ids to one user must not make every write to it that large.
 MAX_LINKED = 64
 
-FIELDS = ("p", "since", "ms", "by", "src", "links")
-
 # ARGV[1]: key prefix (`<prefix>:consent:user:`); ARGV[2]: time to live in seconds;
 # ARGV[3]: JSON list of operations, applied in order, each {ids, p?, since?, ms?, by?, src?}:
+# ARGV[4]: the most identities one group holds; ARGV[5-7]: the dropped counter's key (empty:
+# none), the source, and how many events of it were dropped.
 # with `p` (preferences as JSON text) it sets the group's preferences unless the group holds a
 # later choice; without, it links `ids` into one group, which keeps the latest choice among them.
 # Keys are derived from the prefix, so this runs on a single Redis (not a cluster).
@@ -87,8 +87,29 @@ for _, op in ipairs(ops) do
     redis.call('EXPIRE', key, ttl)
   end
 end
+if ARGV[5] ~= '' then
+  redis.call('HINCRBY', ARGV[5], ARGV[6], tonumber(ARGV[7]))
+end
 return #ops
 """
+
+# KEYS: the identities' hashes. One command for the whole batch, so the collector's
+# auto-pipelined client sends it together with other requests' commands.
+# ARGV[1]: "full" for every field, else only what judging needs (preferences, time, links).
+# The reply is flat (the fields of each key in turn): redis-py reads a flat list several times
+# faster than a nested one.
+READ_SCRIPT = """
+local fields = {'p', 'ms', 'links'}
+if ARGV[1] == 'full' then fields = {'p', 'since', 'ms', 'by', 'src', 'links'} end
+local found = {}
+for _, key in ipairs(KEYS) do
+  local values = redis.call('HMGET', key, unpack(fields))
+  for j = 1, #fields do found[#found + 1] = values[j] or '' end
+end
+return found
+"""
+JUDGING_FIELDS = 3
+ALL_FIELDS = 6
 
 
 class Remembered(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -126,8 +147,28 @@ def _text(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+_preferences = msgspec.json.Decoder(dict[str, Any])
+_links = msgspec.json.Decoder(list[str])
+
+
+def _for_judging(identity: str, found: list[Any]) -> Remembered | None:
+    """A record from the three fields judging reads (the request path: decoded straight from
+    Redis's bytes; a missing field reads as empty)."""
+    preferences, ms, links = found
+    if not preferences and not links:
+        return None
+    return Remembered(
+        identity=identity,
+        preferences=_preferences.decode(preferences) if preferences else None,
+        ms=int(ms) if ms else 0,
+        linked=tuple(_links.decode(links)) if links else (),
+    )
+
+
 def _decode(identity: str, found: list[Any]) -> Remembered | None:
-    if not any(value is not None for value in found):
+    if len(found) == JUDGING_FIELDS:
+        return _for_judging(identity, found)
+    if not found[0] and not found[-1]:
         return None
     preferences_text, since, ms, by, src, links = (_text(value) for value in found)
     preferences = msgspec.json.decode(preferences_text) if preferences_text else None
@@ -152,21 +193,23 @@ class ConsentMemory:
         self.dropped_key = f"{key_prefix}:consent:dropped"
         self.ttl_seconds = ttl_seconds
         self._update = redis.register_script(UPDATE_SCRIPT)
+        self._read = redis.register_script(READ_SCRIPT)
 
     def key(self, identity: str) -> str:
         return self.prefix + identity
 
-    async def read(self, identities: list[str]) -> dict[str, Remembered]:
-        """What is remembered for each of ``identities`` that has a record: one round trip."""
+    async def read(self, identities: list[str], *, full: bool = False) -> dict[str, Remembered]:
+        """What is remembered for each of ``identities`` that has a record, in one command:
+        what judging needs (preferences, their time, links), or every field when ``full``."""
         if not identities:
             return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for identity in identities:
-                pipe.hmget(self.key(identity), FIELDS)
-            answers = await pipe.execute()
+        answers = await self._read(
+            keys=[self.key(identity) for identity in identities], args=["full" if full else ""]
+        )
+        width = ALL_FIELDS if full else JUDGING_FIELDS
         found: dict[str, Remembered] = {}
-        for identity, answer in zip(identities, answers, strict=True):
-            record = _decode(identity, answer)
+        for position, identity in enumerate(identities):
+            record = _decode(identity, answers[position * width : (position + 1) * width])
             if record is not None:
                 found[identity] = record
         return found
@@ -181,24 +224,33 @@ class ConsentMemory:
         """Apply ``operations`` in order (one script call), and count events dropped for want of
         consent, by source (in the same round trip)."""
         ttl = self.ttl_seconds if ttl_seconds is None else ttl_seconds
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if operations:
-                await self._update(
-                    keys=[],
-                    args=[self.prefix, ttl, _operations.encode(operations), MAX_LINKED],
-                    client=pipe,
-                )
-            for source_id, count in (dropped or {}).items():
-                pipe.hincrby(self.dropped_key, source_id, count)
-            await pipe.execute()
+        counted = [(source, count) for source, count in (dropped or {}).items() if count]
+        if not operations and not counted:
+            return
+        # One command (the drops of one request are of one source).
+        source_id, count = counted[0] if counted else ("", 0)
+        await self._update(
+            keys=[],
+            args=[
+                self.prefix,
+                ttl,
+                _operations.encode(operations),
+                MAX_LINKED,
+                self.dropped_key if counted else "",
+                source_id,
+                count,
+            ],
+        )
+        for source_id, count in counted[1:]:
+            await self.redis.hincrby(self.dropped_key, source_id, count)
 
     async def show(self, identity: str) -> list[Remembered]:
         """The record of ``identity`` and of every identity linked to it (empty: none)."""
-        first = await self.read([identity])
+        first = await self.read([identity], full=True)
         record = first.get(identity)
         if record is None:
             return []
-        others = await self.read(list(record.linked))
+        others = await self.read(list(record.linked), full=True)
         records = [record, *(others[linked] for linked in record.linked if linked in others)]
         async with self.redis.pipeline(transaction=False) as pipe:
             for each in records:

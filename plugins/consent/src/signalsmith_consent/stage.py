@@ -156,13 +156,15 @@ class ConsentStage:
         self.observed = observed
 
     async def run(self, events: list[Event]) -> StageResult | None:
-        view = await self._remembered(events)
+        # Each event's identities, found once (none are needed when nothing is remembered).
+        identities_of = [identities(event) for event in events] if self.remembering else None
+        view = await self._remembered(identities_of)
         kept: list[Event] = []
         dropped: list[Drop] = []
         outcomes: list[Outcome] = []
         operations: list[Operation] = []
         changed = False
-        for event in events:
+        for position, event in enumerate(events):
             own = own_preferences(event)
             if own is None and event.type == "track" and event.event == PREFERENCE_UPDATED:  # type: ignore[union-attr]
                 dropped.append(
@@ -174,7 +176,7 @@ class ConsentStage:
                 )
                 changed = True
                 continue
-            ids = identities(event) if view is not None else []
+            ids = identities_of[position] if identities_of is not None else []
             if view is not None and ids:
                 self._remember(view, event, ids, own, operations)
             judged_by = own
@@ -225,10 +227,10 @@ class ConsentStage:
             return None
         return StageResult(events=kept, dropped=dropped, outcomes=outcomes)
 
-    async def _remembered(self, events: list[Event]) -> _View | None:
-        if not self.remembering:
+    async def _remembered(self, identities_of: list[list[str]] | None) -> _View | None:
+        if identities_of is None:
             return None
-        wanted = list(dict.fromkeys(i for event in events for i in identities(event)))
+        wanted = list(dict.fromkeys(i for ids in identities_of for i in ids))
         return _View(await self.memory.read(wanted))
 
     def _remember(
