@@ -48,13 +48,26 @@ def missing(preferences: dict[str, Any], required: tuple[str, ...]) -> list[str]
     return [category for category in required if preferences.get(category) is not True]
 
 
-def identities(event: Event) -> list[str]:
+def identities(event: Event) -> tuple[str, ...]:
     """The identities an event speaks for (and links): userId, anonymousId, an alias's
     previousId."""
     found = [event.user_id, event.anonymous_id]
     if event.type == "alias":
         found.append(event.previous_id)  # type: ignore[union-attr]
-    return list(dict.fromkeys(value for value in found if value))
+    return tuple(dict.fromkeys(value for value in found if value))
+
+
+def _identities_of(events: list[Event]) -> list[tuple[str, ...]]:
+    """Each event's identities; events of one user share one tuple (found once)."""
+    found: dict[tuple[Any, ...], tuple[str, ...]] = {}
+    result = []
+    for event in events:
+        key = (event.user_id, event.anonymous_id, event.type == "alias" and event.previous_id)  # type: ignore[union-attr]
+        ids = found.get(key)
+        if ids is None:
+            ids = found[key] = identities(event)
+        result.append(ids)
+    return result
 
 
 def stamped(event: Event, preferences: dict[str, Any]) -> Event:
@@ -95,6 +108,8 @@ class _View:
     it, in the same request too."""
 
     def __init__(self, records: dict[str, Remembered]) -> None:
+        # Bumped whenever a group is merged or set, so what was judged before can be reused.
+        self.version = 0
         self.groups: dict[str, _Group] = {}
         for record in records.values():
             group = self.groups.get(record.identity)
@@ -103,7 +118,7 @@ class _View:
                 for member in group.members:
                     self.groups.setdefault(member, group)
 
-    def latest(self, ids: list[str]) -> _Group | None:
+    def latest(self, ids: tuple[str, ...]) -> _Group | None:
         best: _Group | None = None
         for identity in ids:
             group = self.groups.get(identity)
@@ -112,11 +127,12 @@ class _View:
                     best = group
         return best
 
-    def linked(self, ids: list[str]) -> bool:
+    def linked(self, ids: tuple[str, ...]) -> bool:
         first = self.groups.get(ids[0])
         return first is not None and all(self.groups.get(other) is first for other in ids[1:])
 
-    def merge(self, ids: list[str]) -> _Group:
+    def merge(self, ids: tuple[str, ...]) -> _Group:
+        self.version += 1
         groups = list(dict.fromkeys(self.groups[i] for i in ids if i in self.groups))
         latest = self.latest(ids)
         members = set(ids).union(*(group.members for group in groups))
@@ -157,8 +173,11 @@ class ConsentStage:
 
     async def run(self, events: list[Event]) -> StageResult | None:
         # Each event's identities, found once (none are needed when nothing is remembered).
-        identities_of = [identities(event) for event in events] if self.remembering else None
+        identities_of = _identities_of(events) if self.remembering else None
         view = await self._remembered(identities_of)
+        # For events without their own preferences: what their identities were judged by, at
+        # which version of the view (a batch is mostly one user's events: judged once).
+        judged: dict[tuple[str, ...], tuple[int, _Group | None]] = {}
         kept: list[Event] = []
         dropped: list[Drop] = []
         outcomes: list[Outcome] = []
@@ -176,12 +195,19 @@ class ConsentStage:
                 )
                 changed = True
                 continue
-            ids = identities_of[position] if identities_of is not None else []
+            ids = identities_of[position] if identities_of is not None else ()
+            latest: _Group | None = None
             if view is not None and ids:
-                self._remember(view, event, ids, own, operations)
+                known = judged.get(ids) if own is None else None
+                if known is not None and known[0] == view.version:
+                    latest = known[1]
+                else:
+                    self._remember(view, event, ids, own, operations)
+                    if own is None:
+                        latest = view.latest(ids)
+                        judged[ids] = (view.version, latest)
             judged_by = own
             if judged_by is None:
-                latest = view.latest(ids) if view is not None and ids else None
                 if latest is not None:
                     judged_by = latest.preferences
                 elif self.strict:
@@ -227,7 +253,7 @@ class ConsentStage:
             return None
         return StageResult(events=kept, dropped=dropped, outcomes=outcomes)
 
-    async def _remembered(self, identities_of: list[list[str]] | None) -> _View | None:
+    async def _remembered(self, identities_of: list[tuple[str, ...]] | None) -> _View | None:
         if identities_of is None:
             return None
         wanted = list(dict.fromkeys(i for ids in identities_of for i in ids))
@@ -237,7 +263,7 @@ class ConsentStage:
         self,
         view: _View,
         event: Event,
-        ids: list[str],
+        ids: tuple[str, ...],
         own: dict[str, Any] | None,
         operations: list[Operation],
     ) -> None:
@@ -245,18 +271,18 @@ class ConsentStage:
         the link between its identities when they are not linked yet."""
         if len(ids) > 1 and not view.linked(ids):
             view.merge(ids)
-            operations.append(Operation(ids=ids))
+            operations.append(Operation(ids=list(ids)))
         if own is None:
             return
         ms = _milliseconds(event)
         latest = view.latest(ids)
         if latest is not None and (latest.preferences == own or latest.ms > ms):
             return
-        group = view.merge(ids)
+        group = view.merge(ids)  # bumps the view's version
         group.preferences, group.ms = own, ms
         operations.append(
             Operation(
-                ids=ids,
+                ids=list(ids),
                 p=_encode.encode(own).decode(),
                 since=event.timestamp.isoformat().replace("+00:00", "Z"),
                 ms=ms,
