@@ -88,6 +88,17 @@ async def per_event(stage: ConsentStage, events: list[Any], repeat: int) -> floa
     return statistics.median(times) / len(events) * 1e6
 
 
+async def read_cost(memory: ConsentMemory, events: list[Any], repeat: int) -> float:
+    """The memory read alone (the batch's identities, one command), per event."""
+    wanted = list(dict.fromkeys(i for e in events for i in (e.user_id, e.anonymous_id) if i))
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        await memory.read(wanted)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) / len(events) * 1e6
+
+
 async def measure(redis_url: str, repeat: int) -> list[tuple[str, float, int]]:
     redis = aioredis.Redis.from_url(redis_url)
     source = Source(id="bench", name="bench")
@@ -114,6 +125,9 @@ async def measure(redis_url: str, repeat: int) -> list[tuple[str, float, int]]:
         await run("own consent, observed", with_consent, observed=True)
         await run("remembered", without)
         await run("not remembering", with_consent, remember=False)
+        results.append(
+            ("(the read alone: 40 identities)", await read_cost(memory, without, repeat), 1)
+        )
     finally:
         await redis.flushdb()
         await redis.aclose()
