@@ -125,9 +125,11 @@ async def measure(redis_url: str, repeat: int) -> list[tuple[str, float, int]]:
         await run("own consent, observed", with_consent, observed=True)
         await run("remembered", without)
         await run("not remembering", with_consent, remember=False)
-        results.append(
-            ("(the read alone: 40 identities)", await read_cost(memory, without, repeat), 1)
-        )
+        before = int((await redis.info("stats"))["total_commands_processed"])
+        cost = await read_cost(memory, without, repeat)
+        after = int((await redis.info("stats"))["total_commands_processed"])
+        commands = round((after - before - 1) / repeat)
+        results.append(("(the read alone: 40 identities)", cost, commands))
     finally:
         await redis.flushdb()
         await redis.aclose()
