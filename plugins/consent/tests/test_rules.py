@@ -10,7 +10,15 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from signalsmith import Outcome, Settings, hookimpl
-from signalsmith.testing import Receiver, forwarding, identify, page, track
+from signalsmith.testing import (
+    Receiver,
+    forwarding,
+    identify,
+    page,
+    plugin_infos,
+    plugin_manager,
+    track,
+)
 from signalsmith.testing.transforms import workspace_errors
 from signalsmith_consent import plugin as consent
 from signalsmith_consent.memory import ConsentMemory
@@ -241,3 +249,16 @@ def test_an_undeclared_category_is_refused_at_its_path() -> None:
         {"stats": "https://stats.example.com"}, {"stats": ["Analytics"]}, consent_section=""
     )
     assert workspace_errors(plain, CONSENT, WEBHOOK) == []
+
+
+def test_plugin_is_registered_through_its_entry_point() -> None:
+    [info] = plugin_infos(plugin_manager(entry_points=["consent"]))
+    assert info.name == "consent"
+    assert info.hooks == [
+        "apply_consent",
+        "register_admin_routes",
+        "register_commands",
+        "register_workspace_sections",
+        "shutdown",
+        "startup",
+    ]
