@@ -47,7 +47,9 @@ def receivers(*names: str) -> Iterator[dict[str, Receiver]]:
         yield {name: stack.enter_context(Receiver()) for name in names}
 
 
-def document(urls: dict[str, str], needs: dict[str, list[str]], categories: list[str]) -> str:
+def document(
+    urls: dict[str, str], needs: dict[str, list[str]], categories: list[str], more: str = ""
+) -> str:
     destinations = "\n".join(
         f"""  {name}:
     type: webhook
@@ -64,7 +66,7 @@ destinations:
 {destinations}
 consent:
   categories: [{", ".join(categories)}]
-"""
+{more}"""
 
 
 def with_preferences(message: dict[str, Any], preferences: dict[str, bool]) -> dict[str, Any]:
@@ -225,3 +227,26 @@ async def test_a_users_record_is_shown_and_erased_by_cli_and_admin_api(
         assert (
             await client.get(f"/api/v1/admin/consent/{anonymous}", headers=admin)
         ).status_code == 404
+
+
+async def test_remembered_preferences_live_as_long_as_the_workspace_says(
+    settings: Settings,
+) -> None:
+    user = f"u-{uuid.uuid4().hex[:6]}"
+    with receivers("stats") as found:
+        text = document(
+            {"stats": found["stats"].url},
+            {"stats": ["analytics"]},
+            ["analytics"],
+            "  remember_days: 2\n",
+        )
+        async with forwarding(settings, CONSENT, WEBHOOK, document=text) as run:
+            await run.send(updated({"analytics": True}, userId=user))
+            memory = ConsentMemory(run.runtime.redis, settings.key_prefix, 60)
+            [record] = await memory.show(user)
+            await run.apply(text.replace("remember_days: 2", "remember: false"))
+            # Not remembering: an event without consent is not judged, nor is anything written.
+            other = f"u-{uuid.uuid4().hex[:6]}"
+            await run.send(updated({"analytics": False}, userId=other))
+            assert await memory.show(other) == []
+    assert record.expires_in is not None and 86_400 < record.expires_in <= 2 * 86_400

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+import pytest
+
 from signalsmith import Outcome, Settings, hookimpl
 from signalsmith.testing import (
     Receiver,
@@ -206,12 +208,18 @@ async def test_a_preference_update_without_preferences_is_rejected_and_its_neigh
     assert reached(found)["open"] == {before["messageId"], after["messageId"]}
 
 
+@pytest.mark.parametrize("where", ["source field", "consent.strict_sources"])
 async def test_a_strict_source_without_consent_reaches_only_sinks_needing_none(
-    settings: Settings,
+    settings: Settings, where: str
 ) -> None:
     needs = {"open": [], "stats": ["analytics"]}
     with receivers(*needs) as found:
-        text = document({name: r.url for name, r in found.items()}, needs, strict=True)
+        urls = {name: r.url for name, r in found.items()}
+        if where == "source field":
+            text = document(urls, needs, strict=True)
+        else:
+            section = "consent:\n  categories: [analytics]\n  strict_sources: [kiosk]"
+            text = document(urls, needs, consent_section=section)
         async with forwarding(
             settings, CONSENT, WEBHOOK, document=text, sources=("web", "kiosk")
         ) as run:
