@@ -110,6 +110,8 @@ async def test_the_workspace_order_is_the_order_transforms_run(
                 "messageId": filtered_first["id"],
                 "stage": "transform",
                 "reason": "orders-only",
+                "detail": "dropped by filter 'orders-only': keep condition does not hold: "
+                'event = "Order Completed"',
             }
         ]
 

@@ -454,7 +454,14 @@ async def test_stage_drops_are_reported_to_client_and_observers(
     body = response.json()
     assert body["accepted"] == 1
     assert body["dropped"] == [
-        {"index": 1, "messageId": declined["messageId"], "stage": "consent", "reason": "no_consent"}
+        {
+            "index": 1,
+            "messageId": declined["messageId"],
+            "stage": "consent",
+            "reason": "no_consent",
+            # The stage's detail reaches the client too (omitted when a stage gives none).
+            "detail": "analytics",
+        }
     ]
     assert [event.message_id for event in await buffered_events(redis, settings)] == [
         allowed["messageId"]

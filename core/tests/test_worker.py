@@ -38,9 +38,16 @@ from signalsmith.records import (
     Routing,
     Sink,
     SinkError,
+    WorkspaceSection,
 )
 from signalsmith.stream import dead_letter_key, stream_key, trim_acknowledged
-from signalsmith.testing import RunningWorker, capture_sink_plugin, message_id, running_worker
+from signalsmith.testing import (
+    RunningWorker,
+    capture_sink_plugin,
+    forwarding,
+    message_id,
+    running_worker,
+)
 from signalsmith.worker import Worker
 
 DEADLINE_SECONDS = 30.0
@@ -949,3 +956,62 @@ async def test_events_a_report_keeps_asking_to_retry_are_dead_lettered_after_max
     reasons = msgspec.msgpack.decode(letter["errors"])
     # Each event keeps its own last reason, as the sink gave it.
     assert reasons == {stubborn.message_id: "HTTP 429"}
+
+
+# --- consent categories a workspace section gives a plugin-registered sink -----------------------
+
+
+class LakeWarehouse:
+    """A warehouse sink ``lake`` that records what it is handed."""
+
+    def __init__(self) -> None:
+        self.written: list[Event] = []
+
+    @hookimpl
+    def register_warehouses(self, register: Callable[[Sink], None]) -> None:
+        register(Sink(name="lake", kind="warehouse", max_wait_seconds=0.05))
+
+    @hookimpl
+    def write_events(self, warehouse: Sink, events: list[Event]) -> None:
+        self.written += events
+
+
+class SinkCategories:
+    """A plugin owning a ``needs:`` section: the categories each plugin-registered sink needs."""
+
+    @hookimpl
+    def register_workspace_sections(self, register: Callable[[WorkspaceSection], None]) -> None:
+        register(
+            WorkspaceSection(
+                name="needs",
+                settings=dict[str, tuple[str, ...]],
+                sink_consent=lambda document: document.sections.get("needs") or {},
+            )
+        )
+
+
+async def test_a_workspace_section_gives_a_warehouse_the_consent_categories_it_needs(
+    settings: Settings,
+) -> None:
+    """The warehouse is refused what the event's consent does not grant, from the version that
+    says so on, and takes everything again from the version that stops saying so."""
+    lake = LakeWarehouse()
+    plugins = ((lake, "lake"), (SinkCategories(), "needs"))
+    with_needs = "version: 1\nsources: {web: {}}\nneeds: {lake: [analytics]}\n"
+
+    def message(name: str, **preferences: bool) -> dict[str, Any]:
+        consent = {"consent": {"categoryPreferences": preferences}} if preferences else {}
+        return {"type": "track", "event": name, "userId": "u-1", "context": consent}
+
+    async with forwarding(settings, *plugins, document=with_needs) as run:
+        await run.send(
+            message("Declined", analytics=False),
+            message("Granted", analytics=True),
+            message("Silent"),
+        )
+        await run.wait_settled("lake")
+        assert [e.event for e in lake.written] == ["Granted", "Silent"]  # type: ignore[union-attr]
+        await run.apply("version: 1\nsources: {web: {}}\n")
+        await run.send(message("Declined again", analytics=False))
+        await run.wait_settled("lake")
+    assert [e.event for e in lake.written][-1] == "Declined again"  # type: ignore[union-attr]

@@ -73,6 +73,8 @@ class DroppedEvent(msgspec.Struct, frozen=True, kw_only=True):
     message_id: str
     stage: str
     reason: str
+    # What the stage said beyond the reason (consent: the categories not granted).
+    detail: str = ""
 
 
 class Accepted(msgspec.Struct, frozen=True, kw_only=True):
@@ -380,6 +382,7 @@ class Pipeline:
                 message_id=drop.event.message_id,
                 stage=stage,
                 reason=drop.reason,
+                detail=drop.detail,
             )
             for drop in drops
         ]

@@ -6,7 +6,7 @@ from its signature.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -400,6 +400,11 @@ class WorkspaceSection(msgspec.Struct, frozen=True, kw_only=True):
     per version in every process that loads it; what it returns is in every source's
     ``pipeline.sections[name]`` (compile schemas there, not per request). Placeholders are not
     resolved in sections: resolve them where they are used (``resolve_placeholders``).
+
+    ``sink_consent(document)``, when set, returns the consent categories each sink a plugin
+    registered (a warehouse) needs, by sink name: the worker adds them to that sink's
+    ``Routing.consent`` for the version, as a workspace destination's ``routing.consent`` is
+    (a plugin cannot edit another plugin's ``Sink``; the consent plugin sets them this way).
     """
 
     name: str
@@ -408,6 +413,7 @@ class WorkspaceSection(msgspec.Struct, frozen=True, kw_only=True):
     source_settings: Any = None
     check: Callable[[WorkspaceDocument], Iterable[WorkspaceProblem]] | None = None
     build: Callable[[WorkspaceDocument], Any] | None = None
+    sink_consent: Callable[[WorkspaceDocument], Mapping[str, tuple[str, ...]]] | None = None
     plugin: str = ""
     description: str = ""
 

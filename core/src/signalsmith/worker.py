@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+import msgspec
 import redis.asyncio as aioredis
 import uvloop
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -95,6 +96,18 @@ _RATE_UNKNOWN = object()
 
 
 # --- small helpers ------------------------------------------------------------------------
+
+
+def with_workspace_consent(sink: Sink, sink_consent: dict[str, tuple[str, ...]]) -> Sink:
+    """A plugin-registered sink (a warehouse) with the consent categories the workspace version
+    says it needs (``WorkspaceSection.sink_consent``) added to its ``Routing.consent``."""
+    needed = sink_consent.get(sink.name)
+    if not needed:
+        return sink
+    consent = tuple(dict.fromkeys((*sink.routing.consent, *needed)))
+    return msgspec.structs.replace(
+        sink, routing=msgspec.structs.replace(sink.routing, consent=consent)
+    )
 
 
 def consumer_name() -> str:
@@ -924,9 +937,13 @@ class Worker:
                 )
             registered = [sink for sink in registered if sink.name in wanted]
         self.sinks: list[Sink] = registered
-        # Each sink's events, and its replay stream (events replayed from its dead letters).
+        # Each sink's events, and its replay stream (events replayed from its dead letters),
+        # with the consent categories the workspace version adds (see follow_sink_consent).
+        sink_consent = active.sink_consent if active is not None else {}
         self.consumers = [
-            SinkConsumer(runtime, sink, self.consumer, replay=replay)
+            SinkConsumer(
+                runtime, with_workspace_consent(sink, sink_consent), self.consumer, replay=replay
+            )
             for sink in self.sinks
             for replay in (False, True)
         ]
@@ -964,6 +981,17 @@ class Worker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def follow_sink_consent(self) -> None:
+        """Give each plugin-registered sink the consent categories of the version the process
+        now runs, from its next batch on (a version that drops them drops them here too)."""
+        active = self.runtime.workspace.active
+        sink_consent = active.sink_consent if active is not None else {}
+        registered = {sink.name: sink for sink in self.sinks}
+        for consumer in self.consumers:
+            wanted = with_workspace_consent(registered[consumer.sink.name], sink_consent)
+            if wanted != consumer.sink:
+                consumer.replace_sink(wanted)
 
     async def _trim_forever(self, stop: asyncio.Event) -> None:
         warned: set[str] = set()
@@ -1054,6 +1082,7 @@ class WorkspaceConsumers:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _follow(self, stop: asyncio.Event) -> None:
+        self.worker.follow_sink_consent()
         active = self.worker.runtime.workspace.active
         only = self.worker.only
         wanted = {

@@ -217,7 +217,13 @@ async def test_block_drops_the_event_keeps_it_whole_and_its_neighbours_go_on(
     )
     assert answer["accepted"] == 2
     assert answer["dropped"] == [
-        {"index": 1, "messageId": "blocked", "stage": "validate", "reason": "blocked_by_contract"}
+        {
+            "index": 1,
+            "messageId": "blocked",
+            "stage": "validate",
+            "reason": "blocked_by_contract",
+            "detail": "Required: properties.order_id: order_id is required",
+        }
     ]
     events = await read_events(harness.redis, harness.prefix)
     assert [e.message_id for e in events] == ["first", "last"]

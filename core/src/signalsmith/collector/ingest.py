@@ -61,11 +61,12 @@ INGEST_ROUTES: dict[str, Route] = {
 METRICS_PATH = "/v1/m"
 
 
-class DroppedReport(msgspec.Struct, frozen=True):
+class DroppedReport(msgspec.Struct, frozen=True, omit_defaults=True):
     index: int
     message_id: str = msgspec.field(name="messageId")
     stage: str
     reason: str
+    detail: str = ""
 
 
 class RejectedReport(msgspec.Struct, frozen=True):
@@ -118,6 +119,7 @@ def answer_for(verdict: Verdict) -> tuple[int, bytes, list[tuple[bytes, bytes]]]
                     message_id=drop.message_id,
                     stage=drop.stage,
                     reason=drop.reason,
+                    detail=drop.detail,
                 )
                 for drop in verdict.dropped
             ],

@@ -40,6 +40,7 @@ class ActiveWorkspace:
         "document",
         "pipelines",
         "sections",
+        "sink_consent",
         "stored",
         "stream_position",
         "transforms",
@@ -53,6 +54,7 @@ class ActiveWorkspace:
         transforms: dict[str, Transform],
         destinations: list[Sink],
         sections: dict[str, Any],
+        sink_consent: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.stored = stored
         self.document = document
@@ -60,6 +62,9 @@ class ActiveWorkspace:
         self.transforms = transforms
         self.destinations = destinations
         self.sections = sections
+        # The consent categories plugin-registered sinks need in this version, by sink name
+        # (``WorkspaceSection.sink_consent``); the worker adds them to those sinks' routing.
+        self.sink_consent = sink_consent or {}
         # The event stream's id when this version was applied (set by the follower).
         self.stream_position = "0"
 
@@ -107,6 +112,21 @@ def build_active(
                 f"{name}: plugin {section.plugin!r} could not build the section: "
                 f"{type(error).__name__}: {error}"
             ) from error
+
+    sink_consent: dict[str, tuple[str, ...]] = {}
+    for name, section in registry.sections.items():
+        if section.sink_consent is None:
+            continue
+        try:
+            needed = section.sink_consent(document)
+        except Exception as error:
+            raise BuildFailed(
+                f"{name}: plugin {section.plugin!r} could not say what its sinks need: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        for sink, categories in needed.items():
+            merged = (*sink_consent.get(sink, ()), *categories)
+            sink_consent[sink] = tuple(dict.fromkeys(merged))
 
     transforms: dict[str, Transform] = {}
     if collects:
@@ -170,7 +190,9 @@ def build_active(
         )
         for name, source in document.sources.items()
     }
-    return ActiveWorkspace(stored, document, pipelines, transforms, destinations, sections)
+    return ActiveWorkspace(
+        stored, document, pipelines, transforms, destinations, sections, sink_consent
+    )
 
 
 __all__ = ["ActiveWorkspace", "BuildFailed", "Routing", "build_active"]
