@@ -146,6 +146,17 @@ class EventBuffer:
         self._max_pending = max_pending_appends
         self._retry_after = retry_after_seconds
         self._sha = redis.register_script(self.script_source).sha
+        # Everything of the EVALSHA that is the same for every append, as bytes: redis-py sends
+        # bytes as they are, and checks and encodes each str or int argument on every request.
+        self._command_head: tuple[bytes, ...] = (
+            b"EVALSHA",
+            self._sha.encode(),
+            b"1",
+            self.stream.encode(),
+            b"%d" % backlog_max_entries,
+            b"%d" % dedupe_ttl_seconds,
+            self._seen_prefix.encode(),
+        )
         # Appends sent and not yet answered.
         self._waiting = 0
 
@@ -177,11 +188,9 @@ class EventBuffer:
             )
         return [int(index) for index in result]  # type: ignore[union-attr]
 
-    def _script_args(self, source_id: str, events: Sequence[Event]) -> list[object]:
+    def _script_args(self, source_id: str, events: Sequence[Event]) -> list[bytes]:
+        """The append's arguments after the script's fixed ones (``_command_head``)."""
         return [
-            self._backlog_max,
-            self._dedupe_ttl,
-            self._seen_prefix,
             _ids_encoder.encode([event.message_id for event in events]),
             *entry_fields(source_id, events),
         ]
@@ -189,7 +198,7 @@ class EventBuffer:
     async def _run_script(self, args: list[object]) -> object:
         """EVALSHA the append script; a Redis that lost it (restart, SCRIPT FLUSH) answers
         NOSCRIPT having done nothing, so the append is sent again once the script is loaded."""
-        command = ("EVALSHA", self._sha, 1, self.stream, *args)
+        command = (*self._command_head, *args)
         try:
             try:
                 return await self._pipeliner.execute_command(*command)
