@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/debugger_memory.py [--redis-url redis://127.0.0.1:6379/0] [--events 4000]
 
-The collector app with the debugger (and a static write key), and then a worker delivering to
-one sink (a warehouse that keeps nothing), on the Redis given, under a key prefix of its own
-(removed afterwards): the bytes the debugger accounts against its cap, and what
+The collector app with the debugger (and a static write key), and then a worker with the
+debugger, which records the buffered events (its sink), alone or beside one sink (a warehouse
+that keeps nothing) whose deliveries it records too, on the Redis given, under a key prefix of
+its own (removed afterwards): the bytes the debugger accounts against its cap, and what
 ``MEMORY USAGE key SAMPLES 0`` finds in the trace slices and the live streams, per event.
 """
 
@@ -71,21 +72,25 @@ async def measure(redis_url: str, count: int, note_size: int, deliver: bool) -> 
                     for n in range(start, start + 100)
                 ]
                 await client.post("/v1/batch", json={"batch": batch}, headers=auth)
-            if deliver:
-                async with running_worker(settings, (debugger, "debugger"), Warehouse()):
-                    for _ in range(600):
-                        await asyncio.sleep(0.1)
-                        groups = await redis.xinfo_groups(f"{prefix}:events")
-                        if groups and groups[0]["pending"] == 0 and groups[0]["lag"] == 0:
-                            break
-                    await asyncio.sleep(0.5)  # the worker's last flush
+            # The worker records the buffered events (the debugger's sink), and with a sink
+            # beside it, that sink's deliveries.
+            sinks = (Warehouse(),) if deliver else ()
+            async with running_worker(settings, (debugger, "debugger"), *sinks):
+                for _ in range(600):
+                    await asyncio.sleep(0.1)
+                    groups = await redis.xinfo_groups(f"{prefix}:events")
+                    if len(groups) == 1 + len(sinks) and all(
+                        group["pending"] == 0 and group["lag"] == 0 for group in groups
+                    ):
+                        break
+                await asyncio.sleep(0.5)  # the worker's last flush
         slices = await redis.hgetall(f"{prefix}:debugger:trace-slices")
         accounted = sum(int(size) for size in slices.values())
         used = await usage(redis, f"{prefix}:debugger:trace:*")
         live = await usage(redis, f"{prefix}:debugger:live:*")
         sent = len(msgspec.json.encode(batch[0]))
         return (
-            f"| {sent:,} bytes | {'collector + 1 sink' if deliver else 'collector'} "
+            f"| {sent:,} bytes | {'buffered + 1 sink' if deliver else 'buffered'} "
             f"| {accounted / count:,.0f} | {used / count:,.0f} | {live / count:,.1f} |"
         )
     finally:

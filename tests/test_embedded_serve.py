@@ -50,8 +50,9 @@ def test_serve_on_embedded_defaults_prints_a_working_curl(
             headers={"Authorization": f"Bearer {admin_token}"},
         )
         assert status.status_code == 200, status.text
-        # The file destination, and the warehouse every default install writes to.
-        assert sorted(status.json()["sinks"]) == ["clickhouse", "test-file"]
+        # The file destination, the warehouse every default install writes to, and the
+        # debugger's sink (it records every buffered event).
+        assert sorted(status.json()["sinks"]) == ["clickhouse", "debugger", "test-file"]
         assert httpx.get(f"http://127.0.0.1:{port}/api/v1/admin/status").status_code == 401
         redis_url = served.field("Redis (embedded)")
         assert redis_url.startswith("unix://")
@@ -105,7 +106,7 @@ def test_serve_on_embedded_defaults_prints_a_working_curl(
 
         client = sync_redis.Redis.from_url(served.field("Redis (embedded)"))
         groups = {group["name"]: group for group in client.xinfo_groups("signalsmith:events")}
-        assert set(groups) == {b"clickhouse", b"test-file"}
+        assert set(groups) == {b"clickhouse", b"debugger", b"test-file"}
         assert any(
             client.sismember(bucket, event.message_id)
             for bucket in client.scan_iter("signalsmith:seen-ids:*")

@@ -333,7 +333,7 @@ def test_ctrl_c_delivers_and_acknowledges_what_was_accepted(
     assert not missing, f"{len(missing)} acknowledged events were not delivered"
     # ... and acknowledged in Redis by every sink: nothing waits in a pending list.
     groups, last_id = groups_after_exit(workdir)
-    assert set(groups) == {"clickhouse", "test-file"}
+    assert set(groups) == {"clickhouse", "debugger", "test-file"}
     for name, group in groups.items():
         assert group["pending"] == 0, (name, group)
         assert group["last-delivered-id"] == last_id, (name, group)

@@ -477,6 +477,98 @@ async def test_stage_drops_are_reported_to_client_and_observers(
     assert dropped.event is not None and dropped.event.message_id == declined["messageId"]
 
 
+class LeanObserver(CollectingObserver):
+    """An observer that learns the routine path elsewhere (as the debugger does)."""
+
+    @hookimpl
+    def wants_routine_outcomes(self) -> bool:
+        return False
+
+
+class OldNameRenamer:
+    @hookimpl
+    def transform_events(self, events: list[Event]) -> StageResult:
+        return StageResult(
+            events=[
+                msgspec.structs.replace(event, event="Account Created")
+                if isinstance(event, Track) and event.event == "Signed Up Old"
+                else event
+                for event in events
+            ]
+        )
+
+
+async def test_an_observer_that_declines_the_routine_path_gets_lean_lists(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    lean, full = LeanObserver(), CollectingObserver()
+    pm = plugin_manager(
+        static_keys(),
+        (OldNameRenamer(), "old-names"),
+        (ConsentByAnalytics(), "consent"),
+        (lean, "lean"),
+        (full, "full"),
+    )
+    allowed = track("Signed Up")
+    renamed = track("Signed Up Old")
+    declined = track(
+        "Signed Up",
+        context={
+            "library": {"name": "signalsmith-tests", "version": "0"},
+            "consent": {"categoryPreferences": {"analytics": False}},
+        },
+    )
+    async with collector_client(settings, pm=pm) as client:
+        response = await client.post(
+            "/v1/batch", json={"batch": [allowed, renamed, declined]}, headers=AUTH_HEADERS
+        )
+        assert response.json()["accepted"] == 2
+        again = await client.post("/v1/track", json=allowed, headers=AUTH_HEADERS)
+        assert again.json()["duplicates"] == 1
+
+    def seen(outcomes: list[Outcome]) -> list[tuple[Any, ...]]:
+        return [(o.stage, o.status, o.message_id, o.count) for o in outcomes]
+
+    assert seen(lean.outcomes) == [
+        ("normalise", "accepted", None, 3),
+        # A dropped event never reaches the buffer: told with the event as received.
+        ("normalise", "accepted", declined["messageId"], 1),
+        ("consent", "dropped", declined["messageId"], 1),
+        # An event a stage replaced: as it was received (the buffer holds the new one).
+        ("normalise", "accepted", renamed["messageId"], 1),
+        ("buffer", "buffered", None, 2),
+        ("normalise", "accepted", None, 1),
+        ("buffer", "duplicate", allowed["messageId"], 1),
+    ]
+    [before] = [o for o in lean.outcomes if o.message_id == renamed["messageId"]]
+    assert before.event is not None and before.event.event == "Signed Up Old"  # type: ignore[union-attr]
+    # An observer that did not decline hears every event at every stage, as before.
+    assert seen(full.outcomes) == [
+        ("normalise", "accepted", allowed["messageId"], 1),
+        ("normalise", "accepted", renamed["messageId"], 1),
+        ("normalise", "accepted", declined["messageId"], 1),
+        ("consent", "dropped", declined["messageId"], 1),
+        ("buffer", "buffered", allowed["messageId"], 1),
+        ("buffer", "buffered", renamed["messageId"], 1),
+        ("normalise", "accepted", allowed["messageId"], 1),
+        ("buffer", "duplicate", allowed["messageId"], 1),
+    ]
+
+
+async def test_with_only_lean_observers_a_request_is_told_in_counts(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    lean = LeanObserver()
+    pm = plugin_manager(static_keys(), (lean, "lean"))
+    async with collector_client(settings, pm=pm) as client:
+        response = await client.post("/v1/track", json=track("Signed Up"), headers=AUTH_HEADERS)
+    assert response.status_code == 200
+    assert [(o.stage, o.status, o.message_id, o.count) for o in lean.outcomes] == [
+        ("normalise", "accepted", None, 1),
+        ("buffer", "buffered", None, 1),
+    ]
+
+
 class RateLimited:
     @hookimpl
     def admit_events(self) -> Refusal:

@@ -98,6 +98,8 @@ class Hooks:
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
         self._per_plugin: dict[str, list[PluginCall]] = {}
+        # Observers that declined the routine path; worked out on first use (lean_observers).
+        self._lean: frozenset[str] | None = None
 
     # --- the per-plugin callers ------------------------------------------------------------
 
@@ -338,13 +340,37 @@ class Hooks:
     def has_observers(self) -> bool:
         return self.implemented("observe_outcomes")
 
-    async def observe(self, outcomes: list[Outcome], runtime: Any) -> None:
-        """Tell every observer; one that fails is logged and the others still run."""
-        if not outcomes:
-            return
+    def lean_observers(self, runtime: Any) -> frozenset[str]:
+        """The observers (by plugin name) whose ``wants_routine_outcomes`` returned False.
+
+        Asked once per process: a plugin that fails to answer is logged and hears everything.
+        """
+        if self._lean is None:
+            lean: set[str] = set()
+            for plugin in self.per_plugin("wants_routine_outcomes"):
+                try:
+                    if plugin(runtime=runtime) is False:
+                        lean.add(plugin.plugin_name)
+                except Exception:
+                    log.exception("plugin %s failed in wants_routine_outcomes", plugin.plugin_name)
+            self._lean = frozenset(lean)
+        return self._lean
+
+    async def observe(
+        self, outcomes: list[Outcome], runtime: Any, lean: list[Outcome] | None = None
+    ) -> None:
+        """Tell every observer; one that fails is logged and the others still run.
+
+        With ``lean``, the observers that declined the routine path (``lean_observers``) are
+        told ``lean`` instead of ``outcomes``. An observer is not called with an empty list.
+        """
+        declined = self._lean if lean is not None and self._lean else frozenset()
         for plugin in self.per_plugin("observe_outcomes"):
+            told = lean if plugin.plugin_name in declined else outcomes
+            if not told:
+                continue
             try:
-                await resolve(plugin(outcomes=outcomes, runtime=runtime))
+                await resolve(plugin(outcomes=told, runtime=runtime))
             except Exception:
                 log.exception("observer %s failed", plugin.plugin_name)
 

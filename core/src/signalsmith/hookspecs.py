@@ -248,6 +248,22 @@ def observe_outcomes(outcomes: list[Outcome], runtime: Runtime) -> Awaitable[Non
     """
 
 
+@hookspec
+def wants_routine_outcomes(runtime: Runtime) -> bool | None:
+    """Called once per process, when the collector's pipeline is built, for plugins that
+    implement ``observe_outcomes``: whether this plugin needs an outcome per event on the
+    routine path (accepted at normalisation, then buffered or a duplicate).
+
+    Return False to hear, from the collector, only what is not routine (rejections, refusals,
+    stage outcomes and drops, duplicates, and the event as received for each event a stage
+    replaced or dropped) plus one batch-level outcome per request and stage (``message_id``
+    None, ``count`` events): the routine events are then learnt elsewhere (a sink of the plugin
+    reads them from the buffer), and the request path neither builds their outcomes nor keeps
+    them past the buffer write. Return None or True (or leave it unimplemented) to hear of
+    every event at every stage.
+    """
+
+
 # --- embedded defaults ----------------------------------------------------------------------
 
 

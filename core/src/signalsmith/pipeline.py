@@ -7,7 +7,9 @@ are in Redis; anything that stops it is a ``Refused`` saying why, in words of th
 (``unauthenticated``, ``rate_limited``, ``unavailable``, ...): the HTTP edge
 (``signalsmith.collector.ingest``) decides the status. Observers hear of every stage as it
 happens, and of every refusal, each outcome with the event (or the message's raw JSON) and its
-source.
+source; those that declined the routine path (``wants_routine_outcomes``) hear only what is not
+routine, and a count per request and stage, so that the routine path costs them nothing per
+event.
 """
 
 from __future__ import annotations
@@ -152,8 +154,11 @@ class _Request:
         "duplicates",
         "events",
         "index_of",
+        "message_ids",
         "normalised",
+        "original_of",
         "parsed",
+        "replaced",
         "source",
     )
 
@@ -169,6 +174,12 @@ class _Request:
         # Request position by messageId, so a drop by any stage reports where it came from;
         # built on the first drop only (most requests have none).
         self.index_of: dict[str, int] = {}
+        # For observers that declined the routine path: the buffered events' messageIds (the
+        # events themselves are freed before the buffer's round trip), whether a stage handed
+        # back a new batch, and the events as normalised by messageId (built on first need).
+        self.message_ids: list[str] = []
+        self.replaced = False
+        self.original_of: dict[str, Event] = {}
 
 
 class Pipeline:
@@ -194,6 +205,13 @@ class Pipeline:
         }
         self._default_steps = [step for name in GATE_STAGES for step in self._hook_steps[name]]
         self._observing = self.hooks.has_observers
+        # Observers that declined the routine path (`wants_routine_outcomes`) get lean lists;
+        # per-event routine outcomes are built only when some other observer wants them.
+        self._lean = self.hooks.lean_observers(runtime) if self._observing else frozenset()
+        self._routine = self._observing and any(
+            plugin.plugin_name not in self._lean
+            for plugin in self.hooks.per_plugin("observe_outcomes")
+        )
 
     async def ingest(self, request: IngestRequest) -> Verdict:
         """Every step, in order; a refusal at any step stops the request there."""
@@ -368,6 +386,8 @@ class Pipeline:
                 self._report_drops(state, step.stage, result.dropped)
             if self._observing:
                 await self._observe_stage(state, step.stage, result)
+            if result.events is not state.events:
+                state.replaced = True
             state.events = result.events
 
     def _report_drops(self, state: _Request, stage: str, drops: list[Drop]) -> None:
@@ -443,8 +463,12 @@ class Pipeline:
         if not state.events:
             return
         state.buffered = len(state.events)
+        if self._lean and state.replaced:
+            await self._observe_replaced(state)
         appending = self.buffer.append(source.id, state.events)
-        if not self._observing:
+        if self._lean:
+            state.message_ids = [event.message_id for event in state.events]
+        if not self._routine:
             # Nothing needs the events once the buffer has encoded them: drop the references
             # so they are freed right after encoding, while still in cache, and not held
             # (thousands of objects per batch) for the whole Redis round trip. Profiled under
@@ -470,18 +494,43 @@ class Pipeline:
         if not self._observing:
             return
         duplicate_set = set(state.duplicates)
-        await self.observe(
-            [
+        outcomes = [
+            Outcome(
+                stage="buffer",
+                status="duplicate" if position in duplicate_set else "buffered",
+                message_id=event.message_id,
+                source_id=source.id,
+                event=event,
+            )
+            for position, event in enumerate(state.events)
+        ]
+        lean: list[Outcome] | None = None
+        if self._lean:
+            buffered = state.buffered - len(state.duplicates)
+            # The batch-level outcome first, then each duplicate.
+            lean = (
+                [
+                    Outcome(
+                        stage="buffer",
+                        status="buffered",
+                        message_id=None,
+                        source_id=source.id,
+                        count=buffered,
+                    )
+                ]
+                if buffered
+                else []
+            )
+            lean += [
                 Outcome(
                     stage="buffer",
-                    status="duplicate" if position in duplicate_set else "buffered",
-                    message_id=event.message_id,
+                    status="duplicate",
+                    message_id=state.message_ids[position],
                     source_id=source.id,
-                    event=event,
                 )
-                for position, event in enumerate(state.events)
+                for position in state.duplicates
             ]
-        )
+        await self._tell(outcomes, lean)
 
     # -- shared with the HTTP app --
 
@@ -503,6 +552,42 @@ class Pipeline:
 
     # -- observers --
 
+    async def _tell(self, outcomes: list[Outcome], lean: list[Outcome] | None) -> None:
+        """``outcomes`` to the observers of the routine path, ``lean`` to those that declined
+        it (``wants_routine_outcomes``)."""
+        await self.hooks.observe(outcomes, self.runtime, lean if self._lean else None)
+
+    def _original(self, state: _Request, message_id: str) -> Event | None:
+        """The event of ``message_id`` as normalisation made it."""
+        if not state.original_of:
+            normalised = state.normalised
+            assert normalised is not None
+            state.original_of = {event.message_id: event for event in normalised.events}
+        return state.original_of.get(message_id)
+
+    async def _observe_replaced(self, state: _Request) -> None:
+        """For the lean observers: each event a stage replaced, as it was received (the
+        buffer holds it as the stages left it)."""
+        normalised, source = state.normalised, state.source
+        assert normalised is not None and source is not None
+        kept = {id(event) for event in state.events}
+        dropped = {drop.message_id for drop in state.dropped}
+        await self.hooks.observe(
+            [],
+            self.runtime,
+            [
+                Outcome(
+                    stage="normalise",
+                    status="accepted",
+                    message_id=event.message_id,
+                    source_id=source.id,
+                    event=event,
+                )
+                for event in normalised.events
+                if id(event) not in kept and event.message_id not in dropped
+            ],
+        )
+
     def _unavailable(self, stage: str, code: str, message: str) -> _Refusal:
         return _refused(
             "unavailable", stage, code, message, retry_after=self.settings.retry_after_seconds
@@ -513,17 +598,7 @@ class Pipeline:
         its raw JSON)."""
         normalised, parsed, source = state.normalised, state.parsed, state.source
         assert normalised is not None and parsed is not None and source is not None
-        outcomes = [
-            Outcome(
-                stage="normalise",
-                status="accepted",
-                message_id=event.message_id,
-                source_id=source.id,
-                event=event,
-            )
-            for event in normalised.events
-        ]
-        outcomes += [
+        rejected = [
             Outcome(
                 stage="normalise",
                 status="rejected",
@@ -535,7 +610,34 @@ class Pipeline:
             )
             for rejection in normalised.rejected
         ]
-        await self.observe(outcomes)
+        outcomes: list[Outcome] = []
+        if self._routine:
+            outcomes = [
+                Outcome(
+                    stage="normalise",
+                    status="accepted",
+                    message_id=event.message_id,
+                    source_id=source.id,
+                    event=event,
+                )
+                for event in normalised.events
+            ]
+            outcomes += rejected
+        lean: list[Outcome] | None = None
+        if self._lean:
+            lean = []
+            if normalised.events:
+                lean.append(
+                    Outcome(
+                        stage="normalise",
+                        status="accepted",
+                        message_id=None,
+                        source_id=source.id,
+                        count=len(normalised.events),
+                    )
+                )
+            lean += rejected
+        await self._tell(outcomes, lean)
 
     async def _observe_stage(self, state: _Request, stage: str, result: StageResult) -> None:
         source = state.source
@@ -553,7 +655,24 @@ class Pipeline:
             )
             for drop in result.dropped
         ]
-        await self.observe(outcomes)
+        lean: list[Outcome] | None = None
+        if self._lean:
+            # A dropped event never reaches the buffer: its arrival is told here.
+            lean = []
+            for drop in result.dropped:
+                original = self._original(state, drop.event.message_id)
+                if original is not None:
+                    lean.append(
+                        Outcome(
+                            stage="normalise",
+                            status="accepted",
+                            message_id=original.message_id,
+                            source_id=source.id,
+                            event=original,
+                        )
+                    )
+            lean += outcomes
+        await self._tell(outcomes, lean)
 
     async def _observe_refusal(self, verdict: Refused, state: _Request) -> None:
         """A refused request, message by message: each message's raw JSON (or its event, once
@@ -574,6 +693,22 @@ class Pipeline:
                         event=event,
                     )
                     for event in state.events
+                ]
+            )
+            return
+        if state.message_ids:
+            # Refused by the buffer, its events already freed: their messageIds remain.
+            await self.observe(
+                [
+                    Outcome(
+                        stage=verdict.stage,
+                        status="rejected",
+                        message_id=message_id,
+                        source_id=source_id,
+                        reason=reason,
+                        detail=detail,
+                    )
+                    for message_id in state.message_ids
                 ]
             )
             return

@@ -95,6 +95,9 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     ``event`` is the event as the stage left it (the object the pipeline holds, not a copy:
     observers must not change it). A message refused before it became an event (a 401, a
     rejection at normalisation) carries its raw JSON in ``payload`` instead, when it had one.
+    ``count`` is 1, except in the batch-level outcomes the collector tells observers that
+    declined the routine path (``wants_routine_outcomes``): ``message_id`` None, and ``count``
+    events of one request accepted at normalisation, or buffered.
     """
 
     stage: str
@@ -106,6 +109,7 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     sink: str | None = None
     event: Event | None = None
     payload: bytes | None = None
+    count: int = 1
 
 
 class StageResult(msgspec.Struct, kw_only=True):

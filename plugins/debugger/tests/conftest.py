@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,13 @@ from litestar.testing import AsyncTestClient
 
 import signalsmith_debugger.plugin as debugger_plugin
 from signalsmith import Settings, Source
-from signalsmith.testing import StaticKeys, collector_client, free_port, plugin_manager
+from signalsmith.testing import (
+    StaticKeys,
+    collector_client,
+    free_port,
+    plugin_manager,
+    running_worker,
+)
 
 ADMIN_TOKEN = "debugger-test-admin-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -54,9 +61,10 @@ def admin_settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 async def client(admin_settings: Settings) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    """The collector app with write keys for sources web and app, and the debugger."""
+    """The collector app with write keys for sources web and app, and the debugger; and a
+    worker with the debugger, which records the buffered events."""
     pm = plugin_manager(StaticKeys(KEYS), DEBUGGER)
-    async with collector_client(admin_settings, pm=pm) as test_client:
+    async with with_worker(admin_settings, collector_client(admin_settings, pm=pm)) as test_client:
         yield test_client
 
 
@@ -95,6 +103,16 @@ def steps(trace: dict[str, Any]) -> list[tuple[str, str]]:
     return [(step["stage"], step["status"]) for step in trace["steps"]]
 
 
+@asynccontextmanager
+async def with_worker(
+    settings: Settings, client: AbstractAsyncContextManager[AsyncTestClient[Litestar]]
+) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    """``client``, with a worker running the debugger beside it: the worker records every
+    buffered event (the debugger's sink), as it does in a deployment."""
+    async with client as entered, running_worker(settings, DEBUGGER):
+        yield entered
+
+
 class Kit:
     """The helpers above, for tests (test modules cannot import this conftest)."""
 
@@ -109,6 +127,7 @@ class Kit:
     eventually = staticmethod(eventually)
     trace_of = staticmethod(trace_of)
     steps = staticmethod(steps)
+    with_worker = staticmethod(with_worker)
 
 
 @pytest.fixture
@@ -120,7 +139,8 @@ def kit() -> type[Kit]:
 
 
 class Server:
-    """`python -m signalsmith serve` on the test's Redis, with the debugger and test keys."""
+    """`python -m signalsmith serve` on the test's Redis, with the debugger and test keys, and
+    `python -m signalsmith worker` beside it (the debugger's sink records buffered events)."""
 
     def __init__(self, settings: Settings, workdir: Path, env: dict[str, str]) -> None:
         self.port = free_port()
@@ -141,6 +161,7 @@ class Server:
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Server:
         with self.log_path.open("wb") as log:
@@ -151,10 +172,17 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "signalsmith", "worker"],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"serve exited:\n{self.log_path.read_text()[-3000:]}")
+            if self.process.poll() is not None or self.worker.poll() is not None:
+                raise RuntimeError(f"serve or worker exited:\n{self.log_path.read_text()[-3000:]}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return self
@@ -164,16 +192,18 @@ class Server:
         raise RuntimeError(f"serve did not start:\n{self.log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+        for process in (self.process, self.worker):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process in (self.process, self.worker):
+            if process is None:
+                continue
             try:
-                self.process.wait(timeout=20)
+                process.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
+                process.kill()
+                process.wait()
+        self.process = self.worker = None
 
 
 @pytest.fixture

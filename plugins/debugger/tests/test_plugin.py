@@ -19,8 +19,11 @@ def test_the_entry_point_is_wired() -> None:
         "register_admin_routes",
         "register_commands",
         "register_routes",
+        "register_warehouses",
         "shutdown",
         "startup",
+        "wants_routine_outcomes",
+        "write_events",
     ]
 
 

@@ -111,8 +111,9 @@ class AppIsOverItsLimit:
 
 @pytest.fixture
 def collector(admin_settings: Settings, kit: Any):  # type: ignore[no-untyped-def]
+    """The collector app, and a worker with the debugger (it records the buffered events)."""
     pm = plugin_manager(StaticKeys(kit.KEYS), kit.DEBUGGER, Stages(), AppIsOverItsLimit())
-    return collector_client(admin_settings, pm=pm)
+    return kit.with_worker(admin_settings, collector_client(admin_settings, pm=pm))
 
 
 async def test_an_accepted_event_is_traced_from_its_request_to_every_sink(
@@ -152,8 +153,9 @@ async def test_an_accepted_event_is_traced_from_its_request_to_every_sink(
         ("memory", "warehouse"),
         ("hook", "destination"),
     }
-    assert {s["role"] for s in trace["steps"][:2]} == {"collector"}
-    assert {s["role"] for s in trace["steps"][2:]} == {"worker"}
+    # The worker records every buffered event (the debugger's sink reads the buffer), so the
+    # collector's request reported none of it.
+    assert {s["role"] for s in trace["steps"]} == {"worker"}
 
 
 async def test_a_transform_and_a_consent_drop_show_in_the_trace(kit: Any, collector: Any) -> None:
@@ -278,13 +280,13 @@ async def test_a_full_queue_is_counted_not_kept_and_said(
 ) -> None:
     monkeypatch.setenv("SIGNALSMITH_DEBUGGER_QUEUE_MAX_OUTCOMES", "10")
     monkeypatch.setenv("SIGNALSMITH_DEBUGGER_FLUSH_SECONDS", "0.2")
-    batch = [track("Order Completed", userId=f"u{n}") for n in range(30)]
+    batch = [track("", userId=f"u{n}") for n in range(30)]  # each rejected: no event name
     pm = plugin_manager(StaticKeys(kit.KEYS), kit.DEBUGGER)
     async with collector_client(admin_settings, pm=pm) as client:
         response = await client.post(
             "/v1/batch", json={"batch": batch}, headers=kit.basic(kit.WEB_KEY)
         )
-        assert response.json()["accepted"] == 30  # the request never waits on the debugger
+        assert len(response.json()["rejected"]) == 30  # it never waits on the debugger
 
         async def unrecorded() -> dict[str, int]:
             return (await client.get("/debugger/api/status", headers=kit.ADMIN)).json()[
@@ -294,8 +296,8 @@ async def test_a_full_queue_is_counted_not_kept_and_said(
         counted = await kit.eventually(
             unrecorded, lambda found: found.get("collector", 0) > 0, "count"
         )
-    # 30 accepted and 30 buffered outcomes: neither list fits a queue of 10.
-    assert counted == {"collector": 60}
+    # 30 rejected outcomes: the list does not fit a queue of 10.
+    assert counted == {"collector": 30}
 
 
 async def test_each_message_id_is_traced_once_per_stage_even_in_one_flush(
@@ -316,7 +318,7 @@ async def test_payloads_in_traces_are_capped_and_hide_write_keys(
     small = track("Signed Up", userId="ada", properties={"writeKey": "wk-pasted-by-mistake"})
     large = track("Signed Up", userId="bob", properties={"essay": "words " * 3000})
     pm = plugin_manager(StaticKeys(kit.KEYS), kit.DEBUGGER)
-    async with collector_client(admin_settings, pm=pm) as client:
+    async with kit.with_worker(admin_settings, collector_client(admin_settings, pm=pm)) as client:
         await client.post("/v1/batch", json={"batch": [small, large]}, headers=kit.basic())
         hidden = await kit.trace_of(client, small["messageId"], lambda t: len(t["steps"]) == 2)
         shortened = await kit.trace_of(client, large["messageId"], lambda t: len(t["steps"]) == 2)

@@ -30,7 +30,7 @@ def small_cap(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def record(state: DebuggerState, count: int, *, size: int = 300) -> list[str]:
-    """``count`` events received and buffered by source web, as the collector reports them."""
+    """``count`` events buffered by source web, as the worker records them (the sink)."""
     events = [
         msgspec.convert(
             {
@@ -42,19 +42,7 @@ async def record(state: DebuggerState, count: int, *, size: int = 300) -> list[s
         )
         for n in range(count)
     ]
-    for stage, status in (("normalise", "accepted"), ("buffer", "buffered")):
-        state.recorder.take(  # type: ignore[union-attr]
-            [
-                Outcome(
-                    stage=stage,
-                    status=status,
-                    message_id=event.message_id,
-                    source_id="web",
-                    event=event,
-                )
-                for event in events
-            ]
-        )
+    state.recorder.take_buffered(events)  # type: ignore[union-attr]
     await state.recorder.flush()  # type: ignore[union-attr]
     return [event.message_id for event in events]
 
@@ -143,12 +131,17 @@ async def test_live_streams_keep_their_window(
     debugger: DebuggerState, redis: aioredis.Redis, admin_settings: Settings
 ) -> None:
     await record(debugger, 250)
+    # What the collector reported of the request: a count (the batch-level outcome).
+    debugger.recorder.take(  # type: ignore[union-attr]
+        [Outcome(stage="normalise", status="accepted", message_id=None, source_id="web", count=250)]
+    )
+    await debugger.recorder.flush()  # type: ignore[union-attr]
     live = f"{admin_settings.key_prefix}:debugger:live:web"
     entries = await redis.xrange(live)
     # 500 outcomes in two lists (received, buffered): a stream entry holds about 100 outcomes,
-    # and never splits a list.
-    assert [int(fields[b"n"]) for _, fields in entries] == [250, 250]
-    # Each entry counts what the chart draws: 250 events received, no violations or failures.
+    # and never splits a list; then the collector's count.
+    assert [int(fields[b"n"]) for _, fields in entries] == [250, 250, 0]
+    # The entries count what the chart draws: 250 events received, no violations or failures.
     assert sum(int(fields[b"e"]) for _, fields in entries) == 250
     assert sum(int(fields[b"f"]) + int(fields[b"v"]) for _, fields in entries) == 0
     # Past the live window, a source that sent nothing since is gone from the page.

@@ -18,7 +18,9 @@ def test_trace_answers_where_an_event_went(admin_settings: Settings, kit: Any) -
 
     async def send() -> None:
         pm = plugin_manager(StaticKeys(kit.KEYS), kit.DEBUGGER)
-        async with collector_client(admin_settings, pm=pm) as client:
+        async with kit.with_worker(
+            admin_settings, collector_client(admin_settings, pm=pm)
+        ) as client:
             await client.post("/v1/track", json=body, headers=kit.basic())
             await client.post("/v1/batch", json={"batch": batch}, headers=kit.basic())
             await kit.trace_of(client, body["messageId"], lambda t: len(t["steps"]) == 2)
@@ -37,8 +39,8 @@ def test_trace_answers_where_an_event_went(admin_settings: Settings, kit: Any) -
     assert lines[3] == "answer     accepted and buffered; no sink has reported it yet"
     assert lines[5].split() == ["time", "process", "stage", "status", "sink", "why"]
     assert [line.split()[1:4] for line in lines[6:]] == [
-        ["collector", "normalise", "accepted"],
-        ["collector", "buffer", "buffered"],
+        ["worker", "normalise", "accepted"],
+        ["worker", "buffer", "buffered"],
     ]
 
     with_payloads = runner.invoke(cli, ["trace", body["messageId"], "--payloads"])

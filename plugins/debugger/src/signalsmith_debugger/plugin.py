@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from signalsmith import Outcome, hookimpl
+from signalsmith import Event, Outcome, Sink, hookimpl
 from signalsmith_debugger.config import DebuggerConfig
+from signalsmith_debugger.recorder import SINK_BATCH_EVENTS, SINK_NAME
 from signalsmith_debugger.state import NAME, DebuggerState
 
 if TYPE_CHECKING:
@@ -41,6 +42,34 @@ def observe_outcomes(outcomes: list[Outcome], runtime: Runtime) -> None:
     state = runtime.state.get(NAME)
     if state is not None and state.recorder is not None:
         state.recorder.take(outcomes)
+
+
+@hookimpl
+def wants_routine_outcomes() -> bool:
+    # Buffered events are recorded by the worker, through the sink below: the collector's
+    # requests report only what is not routine, and a count.
+    return False
+
+
+@hookimpl
+def register_warehouses(register: Callable[[Sink], None]) -> None:
+    # Its own consumer group on the event stream: every buffered event, read by the worker.
+    register(
+        Sink(
+            name=SINK_NAME,
+            batch_size=SINK_BATCH_EVENTS,
+            max_wait_seconds=DebuggerConfig.from_env().flush_seconds,
+            max_attempts=None,
+        )
+    )
+
+
+@hookimpl
+def write_events(events: list[Event], runtime: Runtime) -> None:
+    # In the worker, off the request path: queued for the recorder's next flush.
+    state = runtime.state.get(NAME)
+    if state is not None and state.recorder is not None:
+        state.recorder.take_buffered(events)
 
 
 @hookimpl

@@ -1,12 +1,20 @@
 """The observer: what every stage did, kept in Redis for the live page and the traces.
 
+The routine path costs the collector's requests next to nothing: the plugin declines the
+routine outcomes (``wants_routine_outcomes``), so the collector reports only what is not routine
+(rejections and refusals with what was sent, violations, drops, duplicates, and the event as
+received wherever a stage replaced it) plus a count per request. Every buffered event is
+recorded by the worker instead: the plugin's sink (``SINK_NAME``, with its own consumer group
+on the event stream) hands each batch to ``Recorder.take_buffered``, which records it as
+accepted (the event) and buffered, per source.
+
 ``observe_outcomes`` hands each list of outcomes (a request's stage, a sink's settled batch) to
-``Recorder.take``, which turns it into one ``Entry`` per source and encodes it at once: a few
-list comprehensions and one msgpack encoding (each event encoded once, in C), so no event is held
-past its request and the request pays about a microsecond per outcome. An event is kept where
-this process first sees it and wherever a stage changed it (a transform made a new event), so a
-trace shows what each stage did; it is checked against the payload cap and for write keys only
-when its encoding is long enough to be past the cap, or holds one of the names.
+``Recorder.take``, which turns it into one ``Entry`` per source, stage and sink and encodes it at
+once: a few list comprehensions and one msgpack encoding (each event encoded once, in C), so no
+event is held past the call. An event is kept where a list first shows it and wherever a stage
+changed it (a new event), so a trace shows what each stage did; it is checked against the
+payload cap and for write keys only when its encoding is long enough to be past the cap, or
+holds one of the names.
 
 A task of the recorder's own wakes once entries wait, lets ``flush_seconds`` of them gather, and
 writes them with one Redis pipeline: per source, live stream entries holding the encoded entries;
@@ -26,7 +34,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import msgspec
 from redis.exceptions import RedisError
 
-from signalsmith import Outcome
+from signalsmith import Event, Outcome
 from signalsmith_debugger.config import DebuggerConfig
 from signalsmith_debugger.masking import SecretMask
 from signalsmith_debugger.packed import Command, execute, pack_zadd
@@ -37,7 +45,13 @@ from signalsmith_debugger.payloads import (
     message_summary,
     shorten,
 )
-from signalsmith_debugger.records import FAILURE_STATUSES, NO_SOURCE, Entry, entry_encoder
+from signalsmith_debugger.records import (
+    FAILURE_STATUSES,
+    NO_SOURCE,
+    VIA_STREAM,
+    Entry,
+    entry_encoder,
+)
 from signalsmith_debugger.store import (
     DebuggerKeys,
     MemberWriter,
@@ -59,11 +73,10 @@ REASON_CHARS = 1000
 DETAIL_CHARS = 2000
 # Stages before normalisation: a message refused there arrived, and counts as an event received.
 ARRIVAL_STAGES = frozenset({"normalise", "parse", "authenticate", "admit"})
-# The stages after which this collector has nothing more of an event: forget its identity.
-ENDING_STATUSES = frozenset({"rejected", "dropped"})
-# Events whose payload this process kept, by messageId, until their buffer outcome: a bound for
-# requests whose buffer outcome never comes (a client gone mid-request, a full queue).
-MAX_REMEMBERED = 50_000
+# The sink through which the worker hands the debugger every buffered event.
+SINK_NAME = "debugger"
+# Buffered events one batch of that sink holds at most.
+SINK_BATCH_EVENTS = 1000
 # Redis errors are logged at most this often.
 WARN_EVERY_SECONDS = 30.0
 
@@ -97,10 +110,8 @@ class Recorder:
         self.unrecorded_total = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        # The event whose payload was kept last, by messageId, until its request's buffer
-        # outcome (or refusal) ends its way through this process: the request holds it that long
-        # anyway. Forgotten also when the queue is full, so nothing is held past its request.
-        self._remembered: dict[str, Any] = {}
+        # Events received by source (the collector's batch-level outcomes), for the live chart.
+        self._received: dict[str, int] = {}
         self._cursor = SliceCursor(config)
         self._members = MemberWriter()
         self._mask = SecretMask(runtime)
@@ -112,31 +123,115 @@ class Recorder:
 
     def take(self, outcomes: list[Outcome]) -> None:
         """Encode ``outcomes`` for the next flush (the observer hook; never waits)."""
-        count = len(outcomes)
-        if not count:
+        if not outcomes:
             return
-        if self._queued + count > self.config.queue_max_outcomes:
-            self._unrecorded += count  # reported by the next flush
-            for outcome in outcomes:  # not kept: nothing of these events is remembered
-                if outcome.message_id is not None:
-                    self._remembered.pop(outcome.message_id, None)
-        else:
-            at = time.time()
-            first = outcomes[0]
-            key = (first.source_id, first.stage, first.sink)
-            if all((o.source_id, o.stage, o.sink) == key for o in outcomes):
-                self._queue.append(self._encode(at, outcomes))
-            else:  # a worker's batch of several sources, or a plugin's mixed outcomes
-                groups: dict[tuple[Any, ...], list[Outcome]] = {}
-                for outcome in outcomes:
-                    group_key = (outcome.source_id, outcome.stage, outcome.sink)
-                    groups.setdefault(group_key, []).append(outcome)
-                self._queue.extend(self._encode(at, group) for group in groups.values())
-            self._queued += count
+        first = outcomes[0]
+        if first.message_id is None and first.status in ("accepted", "buffered"):
+            # A request's batch-level outcomes (the collector's lean lists start with one).
+            outcomes = self._count(outcomes)
+        elif first.sink == SINK_NAME:
+            return  # the worker reporting this plugin's own sink
+        elif first.stage == "deliver" and any(o.sink == SINK_NAME for o in outcomes):
+            outcomes = [outcome for outcome in outcomes if outcome.sink != SINK_NAME]
+        count = len(outcomes)
+        if count:
+            self._queue_outcomes(outcomes, count)
         if not self._wake.is_set():
             self._wake.set()
 
-    def _encode(self, at: float, outcomes: list[Outcome]) -> Encoded:
+    def _count(self, outcomes: list[Outcome]) -> list[Outcome]:
+        """Count the batch-level outcomes of ``outcomes``; the others, to be recorded."""
+        rest = []
+        received = self._received
+        for outcome in outcomes:
+            if outcome.message_id is None and outcome.status in ("accepted", "buffered"):
+                if outcome.status == "accepted":
+                    source = outcome.source_id or NO_SOURCE
+                    received[source] = received.get(source, 0) + outcome.count
+            else:
+                rest.append(outcome)
+        return rest
+
+    def _queue_outcomes(self, outcomes: list[Outcome], count: int) -> None:
+        if self._queued + count > self.config.queue_max_outcomes:
+            self._unrecorded += count  # reported by the next flush
+            return
+        at = time.time()
+        first = outcomes[0]
+        key = (first.source_id, first.stage, first.sink)
+        # Events shown already by this list, by messageId: shown again only where changed.
+        shown: dict[str, Any] = {}
+        if all((o.source_id, o.stage, o.sink) == key for o in outcomes):
+            self._queue.append(self._encode(at, outcomes, shown))
+        else:  # a worker's batch of several sources, or a plugin's mixed outcomes
+            groups: dict[tuple[Any, ...], list[Outcome]] = {}
+            for outcome in outcomes:
+                group_key = (outcome.source_id, outcome.stage, outcome.sink)
+                groups.setdefault(group_key, []).append(outcome)
+            self._queue.extend(self._encode(at, group, shown) for group in groups.values())
+        self._queued += count
+
+    def take_buffered(self, events: list[Event]) -> None:
+        """Record a batch of buffered events (the worker, through this plugin's sink): per
+        source, one entry showing each event as accepted, one saying it was buffered."""
+        count = 2 * len(events)
+        if not count:
+            return
+        if self._queued + count > self.config.queue_max_outcomes:
+            self._unrecorded += count
+            return
+        by_source: dict[str, list[Event]] = {}
+        for event in events:
+            by_source.setdefault(event.project_id or NO_SOURCE, []).append(event)
+        now = time.time()
+        for source_id, group in by_source.items():
+            message_ids: list[str | None] = [event.message_id for event in group]
+            payloads, sizes = self._event_payloads(group)
+            received_at = min(event.received_at for event in group).timestamp()
+            for stage, status, at, shown, shown_sizes in (
+                ("normalise", "accepted", min(received_at, now), payloads, sizes),
+                ("buffer", "buffered", now, None, None),
+            ):
+                entry = Entry(
+                    at=at,
+                    stage=stage,
+                    source_id=source_id,
+                    role=self.role,
+                    message_ids=message_ids,
+                    status=status,
+                    payloads=shown,
+                    sizes=shown_sizes,
+                    via=VIA_STREAM,
+                )
+                # Not counted as received: the collector counted them as they arrived.
+                self._queue.append(
+                    Encoded(
+                        source_id, message_ids, entry_encoder.encode(entry), len(group), 0, 0, 0
+                    )
+                )
+        self._queued += count
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def _event_payloads(self, events: list[Event]) -> tuple[list[Any], list[int] | None]:
+        """Each event as a trace shows it (capped, write keys hidden), and the full sizes of
+        those shortened."""
+        cap = self.config.payload_bytes
+        payloads: list[Any] = []
+        sizes: list[int] | None = None
+        for position, event in enumerate(events):
+            encoded = _msgpack.encode(event)
+            if 2 * len(encoded) > cap or may_hold_write_key(encoded):
+                shown = event_payload(event, cap)
+                if shown.value is not event:
+                    encoded = _msgpack.encode(shown.value)
+                    if shown.truncated:
+                        sizes = sizes or [0] * len(events)
+                        sizes[position] = shown.size
+            payloads.append(msgspec.Raw(encoded))
+        return payloads, sizes
+
+    def _encode(self, at: float, outcomes: list[Outcome], shown: dict[str, Any]) -> Encoded:
         """One entry of outcomes that share their source, stage and sink."""
         first = outcomes[0]
         stage = first.stage
@@ -152,7 +247,7 @@ class Recorder:
         sizes: list[int] | None = None
         summaries: list[Any] | None = None
         if stage != "deliver":
-            payloads, sizes, summaries = self._payloads(outcomes, message_ids, stage)
+            payloads, sizes, summaries = self._payloads(outcomes, message_ids, shown)
         entry = Entry(
             at=at,
             stage=stage,
@@ -194,11 +289,11 @@ class Recorder:
         )
 
     def _payloads(
-        self, outcomes: list[Outcome], message_ids: list[str | None], stage: str
+        self, outcomes: list[Outcome], message_ids: list[str | None], shown_by: dict[str, Any]
     ) -> tuple[list[Any] | None, list[int] | None, list[Any] | None]:
-        """What each outcome shows of its event (None where this process kept it already)."""
+        """What each outcome shows of its event (None where ``shown_by`` has it already)."""
         cap = self.config.payload_bytes
-        remembered = self._remembered
+        remembered = shown_by
         payloads: list[Any] = [None] * len(outcomes)
         sizes: list[int] | None = None
         summaries: list[Any] | None = None
@@ -220,10 +315,6 @@ class Recorder:
                     payloads[position] = msgspec.Raw(encoded)
                     kept = True
                     remembered[message_id] = event
-                    if len(remembered) > MAX_REMEMBERED:
-                        del remembered[next(iter(remembered))]
-                if stage == "buffer" or outcome.status in ENDING_STATUSES:
-                    remembered.pop(message_id, None)  # its way through this collector ends
             elif event is None and outcome.payload is not None:
                 shown, value = message_payload(outcome.payload, cap)
                 summary, written_id = message_summary(value)
@@ -292,6 +383,12 @@ class Recorder:
         self._queue.clear()
         self._queued = 0
         unrecorded, self._unrecorded = self._unrecorded, 0
+        received, self._received = self._received, {}
+        if received:
+            # The counts ride with the entries, in an entry of their own per source.
+            taken += [
+                Encoded(source, [], b"", 0, count, 0, 0) for source, count in received.items()
+            ]
         if not taken and not unrecorded:
             return
         try:
@@ -316,6 +413,9 @@ class Recorder:
         references: dict[str, list[bytes]] = {}
         writer = self._members
         for encoded in taken:
+            if not encoded.data:  # counts only
+                by_source.setdefault(encoded.source_id, []).append((encoded, None))
+                continue
             if encoded.message_ids.count(None) == len(encoded.message_ids):
                 # Nothing a trace can be found by: the live stream holds it itself.
                 by_source.setdefault(encoded.source_id, []).append((encoded, None))
@@ -406,7 +506,7 @@ def _live_fields(entries: list[tuple[Encoded, bytes | None]], slice_name: str) -
     slice; ``k``, their keys), the entries no trace holds (``x``, framed), and the counts the
     chart draws."""
     keys = [key for _, key in entries if key is not None]
-    inline = [encoded.data for encoded, key in entries if key is None]
+    inline = [encoded.data for encoded, key in entries if key is None and encoded.data]
     fields: list[Any] = []
     if keys:
         fields += (b"s", slice_name, b"k", b"".join(keys))

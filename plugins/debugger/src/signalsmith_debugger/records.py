@@ -19,6 +19,9 @@ from signalsmith_debugger.payloads import message_summary
 # bodies): only the admin token sees it.
 NO_SOURCE = "-"
 
+# ``Record.via`` of the records the worker makes from the buffer's stream.
+VIA_STREAM = "stream"
+
 # What the live filter calls each outcome status; `failed` is a delivery that did not succeed.
 STATUS_FILTERS = {
     "rejected": frozenset({"rejected"}),
@@ -57,6 +60,8 @@ class Record(msgspec.Struct, kw_only=True):
     payload: Any = None
     payload_size: int = 0
     payload_truncated: bool = False
+    # "stream": recorded by the worker from the buffer (every buffered event); "": observed.
+    via: str = ""
 
 
 class Entry(msgspec.Struct, array_like=True, omit_defaults=True, kw_only=True):
@@ -88,6 +93,8 @@ class Entry(msgspec.Struct, array_like=True, omit_defaults=True, kw_only=True):
     # The summary of each outcome that has no event (a refused message), as (type, name,
     # userId, anonymousId); an event's comes from the event.
     summaries: list[tuple[str | None, str | None, str | None, str | None] | None] | None = None
+    # "stream": recorded by the worker from the buffer's stream (``Recorder.take_buffered``).
+    via: str = ""
 
     def expand(self, position: int) -> Record:
         """The record of the outcome at ``position``."""
@@ -114,6 +121,7 @@ class Entry(msgspec.Struct, array_like=True, omit_defaults=True, kw_only=True):
             payload=payload,
             payload_size=size,
             payload_truncated=size > 0,
+            via=self.via,
         )
 
     def records(self) -> list[Record]:

@@ -27,6 +27,7 @@ def build_trace(
     kept_since: float | None,
 ) -> Trace:
     """The trace of ``message_id`` from its records (in time order, at least one)."""
+    records = received_once(records)
     first = next((record for record in records if record.type is not None), records[0])
     sinks = sink_fates(records)
     return Trace(
@@ -42,6 +43,29 @@ def build_trace(
         retention_seconds=config.trace_seconds,
         kept_since=_moment(kept_since),
     )
+
+
+def received_once(records: list[Record]) -> list[Record]:
+    """The records with the event shown as received once.
+
+    The worker records every buffered event as accepted (the event as buffered) and buffered.
+    When a stage replaced the event, the collector reported it as received too: that record
+    stays, and the worker's event moves to its buffered record (the event after the stages).
+    """
+    observed = any(r.stage == "normalise" and r.status == "accepted" and not r.via for r in records)
+    if not observed:
+        return records
+    derived = [r for r in records if r.stage == "normalise" and r.status == "accepted" and r.via]
+    if not derived:
+        return records
+    kept = [r for r in records if not (r.via and r.stage == "normalise" and r.status == "accepted")]
+    buffered = next((r for r in kept if r.via and r.stage == "buffer" and r.payload is None), None)
+    if buffered is not None:
+        shown = derived[-1]
+        buffered.payload = shown.payload
+        buffered.payload_size = shown.payload_size
+        buffered.payload_truncated = shown.payload_truncated
+    return kept
 
 
 def sink_fates(records: list[Record]) -> list[SinkFate]:
