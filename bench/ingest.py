@@ -874,48 +874,44 @@ def report(
                     f"{cpu['collector', 'redis_cpu_us_per_event']:.1f} |"
                 )
             lines.append("")
-        for target in targets:
-            if (
-                not target.startswith("collector-")
-                or target in ("collector-ref", NO_WORKSPACE_TARGET)
-                or target.startswith(WITHOUT_PREFIX)
-            ):
-                continue
-            lines += [
+        # Pairs that differ by a workspace: (heading, the target with it, the target without).
+        workspace_pairs = [
+            (
                 f"With a workspace (`{target}`, paired with `collector` within each round): "
                 f"{target} / collector events/s, and server CPU µs per event without -> with.",
-                "",
-                "| scenario | events/s with / without | CPU µs/event without -> with |",
-                "|---|---|---|",
-            ]
-            for scenario in scenarios:
-                ratios = [1 / r for r in paired_ratios(mine, scenario.name, target, "max") if r]
-                cpu = {
-                    name: _median(
-                        [
-                            r.cpu_us_per_event
-                            for r in mine
-                            if r.scenario == scenario.name and r.target == name and r.kind == "max"
-                        ]
-                    )
-                    for name in ("collector", target)
-                }
-                lines.append(
-                    f"| {scenario.name} | {_spread(ratios, '.2f')} "
-                    f"| {cpu['collector']:.1f} -> {cpu[target]:.1f} |"
-                )
-            lines.append("")
+                target,
+                "collector",
+            )
+            for target in targets
+            if target.startswith("collector-")
+            and target not in ("collector-ref", NO_WORKSPACE_TARGET)
+            and not target.startswith(WITHOUT_PREFIX)
+        ]
         if NO_WORKSPACE_TARGET in targets:
+            workspace_pairs.append(
+                (
+                    "A workspace beside none (`collector` runs with a workspace that only lists "
+                    f"the benchmark's source, paired with `{NO_WORKSPACE_TARGET}` within each "
+                    "round): collector / no workspace events/s, and server CPU µs per event "
+                    "without -> with.",
+                    "collector",
+                    NO_WORKSPACE_TARGET,
+                )
+            )
+        for heading, with_target, without_target in workspace_pairs:
             lines += [
-                "A workspace beside none (`collector` runs with a workspace that only lists the "
-                f"benchmark's source, paired with `{NO_WORKSPACE_TARGET}` within each round): "
-                "collector / no workspace events/s, and server CPU µs per event without -> with.",
+                heading,
                 "",
                 "| scenario | events/s with / without | CPU µs/event without -> with |",
                 "|---|---|---|",
             ]
             for scenario in scenarios:
-                ratios = paired_ratios(mine, scenario.name, NO_WORKSPACE_TARGET, "max")
+                if with_target == "collector":
+                    ratios = paired_ratios(mine, scenario.name, without_target, "max")
+                else:
+                    ratios = [
+                        1 / r for r in paired_ratios(mine, scenario.name, with_target, "max") if r
+                    ]
                 cpu = {
                     name: _median(
                         [
@@ -924,11 +920,11 @@ def report(
                             if r.scenario == scenario.name and r.target == name and r.kind == "max"
                         ]
                     )
-                    for name in ("collector", NO_WORKSPACE_TARGET)
+                    for name in (with_target, without_target)
                 }
                 lines.append(
                     f"| {scenario.name} | {_spread(ratios, '.2f')} "
-                    f"| {cpu[NO_WORKSPACE_TARGET]:.1f} -> {cpu['collector']:.1f} |"
+                    f"| {cpu[without_target]:.1f} -> {cpu[with_target]:.1f} |"
                 )
             lines.append("")
         if "collector-ref" in targets:
