@@ -220,14 +220,10 @@ class Recorder:
         payloads: list[Any] = []
         sizes: list[int] | None = None
         for position, event in enumerate(events):
-            encoded = _msgpack.encode(event)
-            if 2 * len(encoded) > cap or may_hold_write_key(encoded):
-                shown = event_payload(event, cap)
-                if shown.value is not event:
-                    encoded = _msgpack.encode(shown.value)
-                    if shown.truncated:
-                        sizes = sizes or [0] * len(events)
-                        sizes[position] = shown.size
+            encoded, full_size = _encode_shown(event, cap)
+            if full_size is not None:
+                sizes = sizes or [0] * len(events)
+                sizes[position] = full_size
             payloads.append(msgspec.Raw(encoded))
         return payloads, sizes
 
@@ -303,15 +299,10 @@ class Recorder:
             message_id = outcome.message_id
             if event is not None and message_id is not None:
                 if remembered.get(message_id) is not event:
-                    encoded = _msgpack.encode(event)
-                    if 2 * len(encoded) > cap or may_hold_write_key(encoded):
-                        # Maybe past the cap as JSON, or a write key: look closer.
-                        shown = event_payload(event, cap)
-                        if shown.value is not event:
-                            encoded = _msgpack.encode(shown.value)
-                            if shown.truncated:
-                                sizes = sizes or [0] * len(outcomes)
-                                sizes[position] = shown.size
+                    encoded, full_size = _encode_shown(event, cap)
+                    if full_size is not None:
+                        sizes = sizes or [0] * len(outcomes)
+                        sizes[position] = full_size
                     payloads[position] = msgspec.Raw(encoded)
                     kept = True
                     remembered[message_id] = event
@@ -480,6 +471,20 @@ class Recorder:
             )
         if members:
             self._cursor.accounted(slice_name, int(replies[slice_total_at]))
+
+
+def _encode_shown(event: Any, cap: int) -> tuple[bytes, int | None]:
+    """``event`` encoded as a trace shows it (capped, write keys hidden), and its full size
+    when it was shortened. Only an encoding long enough to be past the cap as JSON, or holding
+    one of the names, is looked at closer."""
+    encoded = _msgpack.encode(event)
+    if 2 * len(encoded) > cap or may_hold_write_key(encoded):
+        shown = event_payload(event, cap)
+        if shown.value is not event:
+            encoded = _msgpack.encode(shown.value)
+            if shown.truncated:
+                return encoded, shown.size
+    return encoded, None
 
 
 def _chunks(
