@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from worker_drain import drain_stream
 
 from signalsmith import Event
 from signalsmith.boot import start_runtime, stop_runtime
@@ -36,7 +37,6 @@ from signalsmith.config import Settings
 from signalsmith.embedded import free_port
 from signalsmith.gc_tuning import tune_gc
 from signalsmith.testing import track
-from signalsmith.worker import Worker
 from signalsmith_debugger.state import NAME, DebuggerState
 
 WARM_EVENTS = 2_000
@@ -96,21 +96,8 @@ async def drain_once(events: list[Event], redis_url: str) -> tuple[float, float,
         )
         stream = f"{prefix}:events"
 
-        async def backlog() -> int:
-            groups = await runtime.redis.xinfo_groups(stream)
-            return sum(int(g.get("lag") or 0) + int(g["pending"]) for g in groups)
-
         async def drain() -> None:
-            stop = asyncio.Event()
-            task = asyncio.create_task(Worker(runtime).run(stop))
-            await asyncio.sleep(0.2)
-            # Redis is polled: the backlog lives there, and nothing here is told when it empties.
-            while True:
-                if await runtime.redis.exists(stream) and await backlog() == 0:
-                    break
-                await asyncio.sleep(0.02)
-            stop.set()
-            await task
+            await drain_stream(runtime, stream)
             await recorder.flush()
 
         try:

@@ -76,6 +76,25 @@ timed(warehouse_module.ClickHouseWarehouse, "_insert_rows", "engine")
 timed(warehouse_module.ClickHouseWarehouse, "write_sync", "write")
 
 
+async def drain_stream(runtime: Any, stream: str) -> None:
+    """Run a worker until every group on ``stream`` has read and acknowledged all of it."""
+
+    async def backlog() -> int:
+        groups = await runtime.redis.xinfo_groups(stream)
+        return sum(int(g.get("lag") or 0) + int(g["pending"]) for g in groups)
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(Worker(runtime).run(stop))
+    await asyncio.sleep(0.2)
+    # Redis is polled: the backlog lives there, and nothing here is told when it empties.
+    while True:
+        if await runtime.redis.exists(stream) and await backlog() == 0:
+            break
+        await asyncio.sleep(0.02)
+    stop.set()
+    await task
+
+
 async def drain_once(events: list[Any], redis_url: str) -> tuple[float, float, dict[str, float]]:
     """Events/s, CPU µs/event and phase µs/event for one fill-and-drain."""
     global timing
@@ -93,21 +112,8 @@ async def drain_once(events: list[Any], redis_url: str) -> tuple[float, float, d
         )
         stream = f"{prefix}:events"
 
-        async def backlog() -> int:
-            groups = await runtime.redis.xinfo_groups(stream)
-            return sum(int(g.get("lag") or 0) + int(g["pending"]) for g in groups)
-
         async def drain() -> None:
-            stop = asyncio.Event()
-            task = asyncio.create_task(Worker(runtime).run(stop))
-            await asyncio.sleep(0.2)
-            # Redis is polled: the backlog lives there, and nothing here is told when it empties.
-            while True:
-                if await runtime.redis.exists(stream) and await backlog() == 0:
-                    break
-                await asyncio.sleep(0.02)
-            stop.set()
-            await task
+            await drain_stream(runtime, stream)
 
         try:
             tune_gc()
