@@ -678,70 +678,34 @@ class Pipeline:
         """A refused request, message by message: each message's raw JSON (or its event, once
         it has one) and why nothing of it was kept."""
         source_id = state.source.id if state.source is not None else None
-        reason, detail = verdict.code, verdict.message
+
+        def rejected(
+            message_id: str | None, event: Event | None = None, payload: bytes | None = None
+        ) -> Outcome:
+            return Outcome(
+                stage=verdict.stage,
+                status="rejected",
+                message_id=message_id,
+                source_id=source_id,
+                reason=verdict.code,
+                detail=verdict.message,
+                event=event,
+                payload=payload,
+            )
+
         if state.events and state.normalised is not None:
             # Refused after normalisation (a failing stage, Redis down): the events exist.
-            await self.observe(
-                [
-                    Outcome(
-                        stage=verdict.stage,
-                        status="rejected",
-                        message_id=event.message_id,
-                        source_id=source_id,
-                        reason=reason,
-                        detail=detail,
-                        event=event,
-                    )
-                    for event in state.events
-                ]
-            )
-            return
-        if state.message_ids:
+            await self.observe([rejected(event.message_id, event=event) for event in state.events])
+        elif state.message_ids:
             # Refused by the buffer, its events already freed: their messageIds remain.
+            await self.observe([rejected(message_id) for message_id in state.message_ids])
+        elif state.parsed is not None and state.parsed.messages:
             await self.observe(
-                [
-                    Outcome(
-                        stage=verdict.stage,
-                        status="rejected",
-                        message_id=message_id,
-                        source_id=source_id,
-                        reason=reason,
-                        detail=detail,
-                    )
-                    for message_id in state.message_ids
-                ]
+                [rejected(None, payload=bytes(message)) for message in state.parsed.messages]
             )
-            return
-        messages = state.parsed.messages if state.parsed is not None else []
-        if not messages:
+        else:
             # Not even readable: one outcome for the request.
-            await self.observe(
-                [
-                    Outcome(
-                        stage=verdict.stage,
-                        status="rejected",
-                        message_id=None,
-                        source_id=source_id,
-                        reason=reason,
-                        detail=detail,
-                    )
-                ]
-            )
-            return
-        await self.observe(
-            [
-                Outcome(
-                    stage=verdict.stage,
-                    status="rejected",
-                    message_id=None,
-                    source_id=source_id,
-                    reason=reason,
-                    detail=detail,
-                    payload=bytes(message),
-                )
-                for message in messages
-            ]
-        )
+            await self.observe([rejected(None)])
 
 
 def _refused(
