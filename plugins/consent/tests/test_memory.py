@@ -8,8 +8,6 @@ import asyncio
 import base64
 import json
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +23,12 @@ from signalsmith.testing import (
     collector_client,
     forwarding,
     identify,
+    receivers,
     track,
 )
 from signalsmith_consent import plugin as consent
 from signalsmith_consent.memory import ConsentMemory
+from signalsmith_consent.testing import consent_document, declaring
 from signalsmith_dest_webhook import plugin as webhook
 
 CONSENT = (consent, "consent")
@@ -39,34 +39,6 @@ FIXTURE = (
     Path(__file__).resolve().parents[3]
     / "tests/fixtures/client-requests/analytics-next-consent.jsonl"
 )
-
-
-@contextmanager
-def receivers(*names: str) -> Iterator[dict[str, Receiver]]:
-    with ExitStack() as stack:
-        yield {name: stack.enter_context(Receiver()) for name in names}
-
-
-def document(
-    urls: dict[str, str], needs: dict[str, list[str]], categories: list[str], more: str = ""
-) -> str:
-    destinations = "\n".join(
-        f"""  {name}:
-    type: webhook
-    settings: {{url: "{urls[name]}"}}
-    max_wait_seconds: 0.05
-    routing: {{consent: [{", ".join(needs[name])}]}}"""
-        for name in needs
-    )
-    return f"""\
-version: 1
-sources:
-  web: {{destinations: [{", ".join(needs)}]}}
-destinations:
-{destinations}
-consent:
-  categories: [{", ".join(categories)}]
-{more}"""
 
 
 def with_preferences(message: dict[str, Any], preferences: dict[str, bool]) -> dict[str, Any]:
@@ -89,7 +61,9 @@ async def test_a_choice_made_anonymously_follows_the_user_through_identify_and_a
     needs = {"stats": ["analytics"]}
     anonymous, known, renamed = (f"{kind}-{uuid.uuid4().hex[:6]}" for kind in "akr")
     with receivers(*needs) as found:
-        text = document({"stats": found["stats"].url}, needs, ["analytics"])
+        text = consent_document(
+            {"stats": found["stats"].url}, needs, consent_section=declaring(["analytics"])
+        )
         async with forwarding(settings, CONSENT, WEBHOOK, document=text) as run:
             # Granted while anonymous; identify links the anonymousId to the userId.
             await run.send(updated({"analytics": True}, anonymousId=anonymous, userId=None))
@@ -151,7 +125,11 @@ async def test_a_withdrawal_from_the_consent_wrapper_applies_to_every_later_even
     withdrawal = next(i for i, (_, b) in enumerate(requests) if b"Preference Updated" in b)
     user = json.loads(requests[withdrawal][1])["userId"]
     with receivers(*needs) as found:
-        text = document({n: r.url for n, r in found.items()}, needs, ["Analytics", "Advertising"])
+        text = consent_document(
+            {n: r.url for n, r in found.items()},
+            needs,
+            consent_section=declaring(["Analytics", "Advertising"]),
+        )
         async with forwarding(settings, CONSENT, WEBHOOK, document=text) as run:
 
             async def browser(path: str, body: bytes) -> None:
@@ -234,11 +212,10 @@ async def test_remembered_preferences_live_as_long_as_the_workspace_says(
 ) -> None:
     user = f"u-{uuid.uuid4().hex[:6]}"
     with receivers("stats") as found:
-        text = document(
+        text = consent_document(
             {"stats": found["stats"].url},
             {"stats": ["analytics"]},
-            ["analytics"],
-            "  remember_days: 2\n",
+            consent_section=declaring(["analytics"], "  remember_days: 2\n"),
         )
         async with forwarding(settings, CONSENT, WEBHOOK, document=text) as run:
             await run.send(updated({"analytics": True}, userId=user))

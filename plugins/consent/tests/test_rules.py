@@ -5,8 +5,6 @@ by local HTTP servers, each needing its own categories."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import pytest
@@ -19,11 +17,13 @@ from signalsmith.testing import (
     page,
     plugin_infos,
     plugin_manager,
+    receivers,
     track,
 )
 from signalsmith.testing.transforms import workspace_errors
 from signalsmith_consent import plugin as consent
 from signalsmith_consent.memory import ConsentMemory
+from signalsmith_consent.testing import consent_document as document
 from signalsmith_dest_webhook import plugin as webhook
 
 CONSENT = (consent, "consent")
@@ -42,39 +42,6 @@ class Observer:
     @hookimpl
     def observe_outcomes(self, outcomes: list[Outcome]) -> None:
         self.outcomes += outcomes
-
-
-@contextmanager
-def receivers(*names: str) -> Iterator[dict[str, Receiver]]:
-    with ExitStack() as stack:
-        yield {name: stack.enter_context(Receiver()) for name in names}
-
-
-def document(
-    urls: dict[str, str],
-    needs: dict[str, list[str]],
-    *,
-    consent_section: str = "consent: {}",
-    strict: bool = False,
-) -> str:
-    destinations = "\n".join(
-        f"""  {name}:
-    type: webhook
-    settings: {{url: "{urls[name]}"}}
-    max_wait_seconds: 0.05
-    routing: {{consent: [{", ".join(needs[name])}]}}"""
-        for name in needs
-    )
-    strict_field = ", consent: {strict: true}" if strict else ""
-    return f"""\
-version: 1
-sources:
-  web: {{destinations: [{", ".join(needs)}]}}
-  kiosk: {{destinations: [{", ".join(needs)}]{strict_field}}}
-destinations:
-{destinations}
-{consent_section}
-"""
 
 
 def user() -> str:

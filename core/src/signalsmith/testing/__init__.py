@@ -23,7 +23,7 @@ from signalsmith.testing.harness import (
     runtime_for,
 )
 from signalsmith.testing.plugins import StaticKeys, capture_sink_plugin
-from signalsmith.testing.receiver import Received, Receiver, Reply
+from signalsmith.testing.receiver import Received, Receiver, Reply, receivers
 
 __all__ = [
     "Forwarding",
@@ -46,6 +46,7 @@ __all__ = [
     "page",
     "plugin_infos",
     "plugin_manager",
+    "receivers",
     "registered_sinks",
     "running_worker",
     "runtime_for",

@@ -12,7 +12,8 @@ import gzip
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -201,3 +202,10 @@ class Receiver:
             if time.monotonic() > deadline:
                 raise AssertionError(f"not received within {timeout}s; got {found}")
             time.sleep(0.05)
+
+
+@contextmanager
+def receivers(*names: str) -> Iterator[dict[str, Receiver]]:
+    """``with receivers("crm", "ads") as found:`` one running ``Receiver`` per name."""
+    with ExitStack() as stack:
+        yield {name: stack.enter_context(Receiver()) for name in names}
