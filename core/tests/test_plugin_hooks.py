@@ -431,19 +431,24 @@ class ConsentByAnalytics:
         return StageResult(events=kept, dropped=dropped)
 
 
-async def test_stage_drops_are_reported_to_client_and_observers(
-    settings: Settings, redis: aioredis.Redis
-) -> None:
-    observer = CollectingObserver()
-    pm = plugin_manager(static_keys(), (ConsentByAnalytics(), "consent"), (observer, "observer"))
-    allowed = track("Signed Up")
-    declined = track(
+def declining_analytics() -> dict[str, Any]:
+    """A track message whose consent declines analytics (``ConsentByAnalytics`` drops it)."""
+    return track(
         "Signed Up",
         context={
             "library": {"name": "signalsmith-tests", "version": "0"},
             "consent": {"categoryPreferences": {"analytics": False}},
         },
     )
+
+
+async def test_stage_drops_are_reported_to_client_and_observers(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    observer = CollectingObserver()
+    pm = plugin_manager(static_keys(), (ConsentByAnalytics(), "consent"), (observer, "observer"))
+    allowed = track("Signed Up")
+    declined = declining_analytics()
 
     async with collector_client(settings, pm=pm) as client:
         response = await client.post(
@@ -511,13 +516,7 @@ async def test_an_observer_that_declines_the_routine_path_gets_lean_lists(
     )
     allowed = track("Signed Up")
     renamed = track("Signed Up Old")
-    declined = track(
-        "Signed Up",
-        context={
-            "library": {"name": "signalsmith-tests", "version": "0"},
-            "consent": {"categoryPreferences": {"analytics": False}},
-        },
-    )
+    declined = declining_analytics()
     async with collector_client(settings, pm=pm) as client:
         response = await client.post(
             "/v1/batch", json={"batch": [allowed, renamed, declined]}, headers=AUTH_HEADERS
